@@ -1,0 +1,105 @@
+"""Static configuration of the hierarchical RNN optimizer."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class HRNNConfig:
+  """Static configuration of the hierarchical RNN.
+
+  Every feature of the paper can be switched off, for its ablations.
+  """
+
+  param_units: int = 10
+  tensor_units: int = 20
+  global_units: int = 20
+  num_timescales: int = 4
+  use_tensor_rnn: bool = True
+  use_global_rnn: bool = True
+  dynamic_input_scaling: bool = True  # divide averages by their RMS, asinh
+  use_grad_products: bool = True  # products of neighbouring scaled averages
+  use_log_ms: bool = True  # relative log RMS magnitudes
+  use_relative_lr: bool = True  # relative log learning rate input
+  learnable_decay: bool = True  # decays come from the optimizer's outputs
+  dynamic_output_scale: bool = True  # per-parameter log learning rates
+  use_gradient_shortcut: bool = True  # Adam-like linear map of the averages
+  use_attention: bool = False  # Nesterov-like lookahead
+  init_lr_range: tuple[float, float] = (1e-6, 1e-2)
+  max_log_lr: float = 33.0
+  rnn_init_scale: float = 0.5
+  gate_bias_init: float = 2.2
+  readout_init_scale: float = 0.5
+  affine_init_scale: float = 0.5
+  scl_decay_bias_init: float = 3.2
+  inp_decay_bias_init: float = 2.2
+  lr_momentum_logit_init: float = 3.2
+  stepsize_offset_init: float = -1.0
+  shortcut_init_std: float = 0.05
+  init_seed: int = 0  # seeds the per-element initial log-LRs in ``init``
+
+  def __post_init__(self):
+    # Normalise list-y fields (e.g. from JSON) so the config stays hashable.
+    object.__setattr__(self, "init_lr_range",
+                       tuple(float(x) for x in self.init_lr_range))
+    errors = []
+    for name in ("param_units", "tensor_units", "global_units"):
+      if int(getattr(self, name)) < 1:
+        errors.append(f"{name} must be >= 1")
+    if self.num_timescales < 1:
+      errors.append("num_timescales must be >= 1")
+    lo, hi = self.init_lr_range if len(self.init_lr_range) == 2 else (1, 0)
+    if len(self.init_lr_range) != 2 or not 0 < lo <= hi:
+      errors.append("init_lr_range must be (min, max) with 0 < min <= max")
+    if self.use_global_rnn and not self.use_tensor_rnn:
+      errors.append("use_global_rnn needs use_tensor_rnn")
+    if self.use_relative_lr and not self.dynamic_output_scale:
+      errors.append("use_relative_lr needs dynamic_output_scale")
+    if errors:
+      raise ValueError("Invalid HRNNConfig: " + "; ".join(errors))
+
+  @property
+  def num_features(self) -> int:
+    """Number of per-parameter input features fed to the parameter GRU."""
+    t = self.num_timescales
+    n = t
+    if self.use_grad_products and t > 1:
+      n += t - 1
+    if self.use_log_ms:
+      n += t
+    if self.use_relative_lr:
+      n += 1
+    return n
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["init_lr_range"] = list(self.init_lr_range)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "HRNNConfig":
+    """Builds a config, raising ValueError on unknown or mistyped fields."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+      raise ValueError(f"unknown HRNNConfig field(s): {', '.join(unknown)}")
+    kwargs = {}
+    for k, v in d.items():
+      default = getattr(cls, k) if hasattr(cls, k) else None
+      if isinstance(default, bool):
+        if not isinstance(v, bool):
+          raise ValueError(f"HRNNConfig.{k} must be a bool, got {v!r}")
+      elif isinstance(default, int):
+        if isinstance(v, bool) or not isinstance(v, int):
+          raise ValueError(f"HRNNConfig.{k} must be an int, got {v!r}")
+      elif isinstance(default, float):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+          raise ValueError(f"HRNNConfig.{k} must be a number, got {v!r}")
+        v = float(v)
+      elif isinstance(default, tuple):
+        if not isinstance(v, (list, tuple)):
+          raise ValueError(f"HRNNConfig.{k} must be a list, got {v!r}")
+      kwargs[k] = v
+    return cls(**kwargs)
