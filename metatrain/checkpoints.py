@@ -1,0 +1,305 @@
+"""Asynchronous Orbax checkpoints of the meta-training state.
+
+Layout: ``workdir/checkpoints/<step>/`` holds four Orbax items that form two
+logical parts:
+
+* ``state`` (arrays: theta, meta-optimizer state) + ``state_meta`` (JSON:
+  counters, RNG state, config, digests): everything needed to resume;
+* ``lopt`` (arrays: theta) + ``lopt_meta`` (JSON: config, digest): all an
+  evaluator needs.
+
+Arrays are stored as host numpy arrays, so restoring needs no devices or
+shardings of the writer. SHA-256 digests of the arrays are stored in the JSON
+parts and checked on restore, so corrupt data raises instead of returning
+garbage.
+
+A step dir counts as complete only if its ``_CHECKPOINT_METADATA`` file (which
+Orbax 0.12 stamps with ``commit_timestamp_nsecs`` when it finalises a save)
+parses and all four item dirs exist. Incomplete numbered dirs, Orbax temporary
+dirs (``*.orbax-checkpoint-tmp*``) and foreign entries are skipped with a
+warning and never deleted.
+
+Retention: the ``keep_last`` newest complete steps are kept, plus every step
+that is a multiple of ``keep_every`` (if > 0). E.g. keep_last=2, keep_every=5
+and steps 1..12 keep {5, 10, 11, 12}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+_ITEMS = ("state", "state_meta", "lopt", "lopt_meta")
+_COMMIT_FILE = "_CHECKPOINT_METADATA"
+_TMP_MARK = ".orbax-checkpoint-tmp"
+_ORBAX_ROOT_ENTRIES = ("metadata",)  # Orbax's root-metadata dir
+_STEP_RE = re.compile(r"0|[1-9]\d*")  # Orbax's standard step names
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """Checkpoint cadence and retention.
+
+  Attributes:
+    keep_last: number of newest complete steps to keep (>= 1).
+    keep_every: also keep forever every step that is a multiple of this
+      (0: none).
+    save_every: ``save`` writes only steps that are multiples of this, unless
+      forced.
+    async_save: write in a background thread; see ``Checkpointer.wait``.
+  """
+
+  keep_last: int = 3
+  keep_every: int = 0
+  save_every: int = 50
+  async_save: bool = True
+
+
+def is_complete_step_dir(path: Path) -> bool:
+  """Whether ``path`` holds a committed checkpoint in this module's format."""
+  try:
+    meta = json.loads((path / _COMMIT_FILE).read_text())
+  except (OSError, ValueError):
+    return False
+  if not isinstance(meta, dict) or meta.get("commit_timestamp_nsecs") is None:
+    return False
+  return all((path / item).is_dir() for item in _ITEMS)
+
+
+def _to_host(tree: Any) -> Any:
+  return jax.tree.map(np.asarray, tree)
+
+
+def _digest(tree: Any) -> str:
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(tree):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class _CompleteStepsFormat(ocp.path.step.NameFormat):
+  """Orbax's standard step naming that only lists complete step dirs."""
+
+  base: Any = dataclasses.field(
+      default_factory=ocp.path.step.standard_name_format)
+
+  def build_name(self, step: int) -> str:
+    return self.base.build_name(step)
+
+  def find_all(self, base_path: Any) -> Iterator[Any]:
+    return iter([m for m in self.base.find_all(base_path)
+                 if is_complete_step_dir(Path(m.path))])
+
+  def find_step(self, base_path: Any, step: int) -> Any:
+    return self.base.find_step(base_path, step)
+
+
+class Checkpointer:
+  """Saves and restores meta-training checkpoints under workdir/checkpoints."""
+
+  def __init__(self, workdir: str, cfg: CheckpointConfig = CheckpointConfig(),
+               read_only: bool = False):
+    """Opens (in read-only mode without creating) the checkpoint dir."""
+    if cfg.keep_last < 1 or cfg.keep_every < 0 or cfg.save_every < 1:
+      raise ValueError(f"invalid {cfg}: need keep_last >= 1, keep_every >= 0"
+                       " and save_every >= 1")
+    self.cfg, self.read_only = cfg, read_only
+    self.directory = Path(workdir).absolute() / "checkpoints"
+    self._warned: set[str] = set()
+    self._in_flight: set[int] = set()
+    fmt = _CompleteStepsFormat()
+    if read_only:
+      opts = ocp.CheckpointManagerOptions(
+          read_only=True, create=False, save_interval_steps=0,
+          step_name_format=fmt, enable_async_checkpointing=False)
+    else:
+      keep: list[Any] = [ocm.LatestN(n=cfg.keep_last)]
+      if cfg.keep_every:
+        keep.append(ocm.EveryNSteps(interval_steps=cfg.keep_every))
+      opts = ocp.CheckpointManagerOptions(
+          step_name_format=fmt, enable_async_checkpointing=cfg.async_save,
+          save_decision_policy=ocm.FixedIntervalPolicy(cfg.save_every),
+          preservation_policy=ocm.AnyPreservationPolicy(keep),
+          cleanup_tmp_directories=False)
+    self._mngr = ocp.CheckpointManager(self.directory, options=opts)
+    self.all_steps()  # warn about skipped entries on open
+
+  def save(self, step: int, *, theta: Any, opt_state: Any,
+           counters: dict[str, int], rng_state: dict[str, Any],
+           config: dict[str, Any], force: bool = False) -> bool:
+    """Starts saving ``step`` (asynchronously if configured).
+
+    Args:
+      step: the learner step.
+      theta: meta-parameters, a dict pytree of arrays.
+      opt_state: the optax meta-optimizer state.
+      counters: learner counters (JSON-safe).
+      rng_state: a JSON-safe RNG state, e.g.
+        ``np.random.Generator.bit_generator.state``.
+      config: JSON-safe config dict (tuples come back as lists).
+      force: save even if ``step`` is not a multiple of ``save_every``.
+
+    Returns:
+      Whether a save was started (False if skipped by cadence or if ``step``
+      is already saved).
+    """
+    if self.read_only:
+      raise PermissionError(
+          f"Checkpointer on {self.directory} is read-only; cannot save step"
+          f" {step}")
+    if step in self._mngr.all_steps():
+      return False
+    target = self.directory / str(step)
+    if target.exists():
+      raise ValueError(
+          f"cannot save step {step}: {target} exists but is not a complete"
+          " checkpoint; remove it first")
+    theta, opt_state = _to_host(theta), _to_host(opt_state)
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave({"theta": theta, "opt_state": opt_state}),
+        state_meta=ocp.args.JsonSave({
+            "step": step, "counters": counters, "rng_state": rng_state,
+            "config": config, "theta_digest": _digest(theta),
+            "opt_state_digest": _digest(opt_state)}),
+        lopt=ocp.args.StandardSave(theta),
+        lopt_meta=ocp.args.JsonSave(
+            {"step": step, "config": config, "theta_digest": _digest(theta)}))
+    saved = self._mngr.save(step, args=args, force=force)
+    if saved:
+      self._in_flight.add(step)
+    return bool(saved)
+
+  def wait(self) -> None:
+    """Blocks until pending saves (and retention deletions) are finished."""
+    self._mngr.wait_until_finished()
+    self._in_flight.clear()
+
+  def all_steps(self) -> list[int]:
+    """Complete steps on disk, ascending; warns once about skipped entries."""
+    if not self.directory.is_dir():
+      return []
+    steps = []
+    for p in sorted(self.directory.iterdir()):
+      name, why = p.name, None
+      if _STEP_RE.fullmatch(name) and p.is_dir():
+        if is_complete_step_dir(p):
+          steps.append(int(name))
+          continue
+        why = (f"incomplete checkpoint (no committed {_COMMIT_FILE} or missing"
+               " items; an interrupted save, a partial copy or a step being"
+               " deleted)")
+      elif _TMP_MARK in name:
+        if name.split(".")[0] in {str(s) for s in self._in_flight}:
+          continue  # our own save in progress
+        why = "uncommitted Orbax temporary dir (interrupted or ongoing save)"
+      elif name in _ORBAX_ROOT_ENTRIES:
+        continue
+      else:
+        why = "not a checkpoint step"
+      if str(p) not in self._warned:
+        self._warned.add(str(p))
+        warnings.warn(f"checkpoints: skipped {p}: {why}", stacklevel=2)
+    return sorted(steps)
+
+  def latest_step(self) -> int | None:
+    """Newest complete step on disk, or None."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def _resolve(self, step: int | None) -> tuple[int, Path]:
+    steps = self.all_steps()
+    if step is None:
+      if not steps:
+        raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+      step = steps[-1]
+    path = self.directory / str(step)
+    if step not in steps:
+      raise ValueError(
+          f"step dir {path} is not a complete checkpoint (complete steps:"
+          f" {steps}); remove it or restore an earlier step")
+    return step, path
+
+  def _restore(self, step: int, path: Path, **items: Any) -> Any:
+    try:
+      return self._mngr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(
+          f"failed to restore checkpoint step dir {path}"
+          f" ({type(e).__name__}: {e}). If it is corrupt, remove it or restore"
+          " an earlier step; if opt_state_template differs from the saved"
+          " meta-optimizer state, pass a matching one.") from e
+
+  @staticmethod
+  def _check(tree: Any, digest: str, what: str, path: Path) -> None:
+    if _digest(tree) != digest:
+      raise ValueError(
+          f"checkpoint step dir {path} is corrupt: {what} does not match its"
+          " stored digest; remove it or restore an earlier step")
+
+  def restore_lopt(self, step: int | None = None
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Returns ``(config, theta)`` of ``step`` (default: latest complete).
+
+    theta is a dict of numpy arrays. Raises ValueError for an incomplete or
+    corrupt step, FileNotFoundError if there is no checkpoint at all.
+    """
+    step, path = self._resolve(step)
+    r = self._restore(step, path, lopt=ocp.args.StandardRestore(),
+                      lopt_meta=ocp.args.JsonRestore())
+    theta, meta = r["lopt"], r["lopt_meta"]
+    self._check(theta, meta["theta_digest"], "theta", path)
+    return meta["config"], theta
+
+  def restore(self, step: int | None = None, *,
+              opt_state_template: Any) -> dict[str, Any]:
+    """Restores everything needed to resume training.
+
+    Args:
+      step: the step to restore; default the latest complete one.
+      opt_state_template: a meta-optimizer state (or abstract
+        ``jax.ShapeDtypeStruct`` tree) of the saved structure, e.g.
+        ``optax.adam(1e-3).init(theta)``; NamedTuples come back as such.
+
+    Returns:
+      Dict with keys theta, opt_state (numpy leaves), counters, rng_state,
+      config and step.
+    """
+    step, path = self._resolve(step)
+    _, theta = self.restore_lopt(step)
+    target = {"theta": theta, "opt_state": jax.tree.map(
+        lambda x: np.zeros(x.shape, x.dtype), opt_state_template)}
+    r = self._restore(step, path, state=ocp.args.StandardRestore(target),
+                      state_meta=ocp.args.JsonRestore())
+    state, meta = r["state"], r["state_meta"]
+    self._check(state["theta"], meta["theta_digest"], "theta", path)
+    self._check(state["opt_state"], meta["opt_state_digest"], "opt_state",
+                path)
+    return {"theta": state["theta"], "opt_state": state["opt_state"],
+            "counters": meta["counters"], "rng_state": meta["rng_state"],
+            "config": meta["config"], "step": step}
+
+  def close(self) -> None:
+    """Waits for pending saves and releases Orbax resources."""
+    if not self.read_only:
+      self.wait()
+    self._mngr.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()

@@ -1,0 +1,208 @@
+"""Meta-training configuration: frozen dataclasses, named presets, overrides.
+
+A config is built from a preset name (``default``, ``tiny``) or a JSON file,
+then ``--set a.b=c`` overrides are applied with type checking. The resolved
+config is written to ``workdir/config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from typing import Any
+
+from metatrain.hrnn_config import HRNNConfig
+from metatrain.unroll import UnrollConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaOptConfig:
+  """The meta-optimizer applied to theta."""
+
+  name: str = "adam"  # "adam" or "rmsprop" (the paper's: lr 1e-6, decay 0.9)
+  learning_rate: float = 3e-3
+  rmsprop_decay: float = 0.9
+  clip_value: float = 1e4  # elementwise clip of the meta-gradient (reference)
+  clip_norm: float = 1.0  # then a global-norm clip; 0 disables
+
+  def __post_init__(self):
+    if self.name not in ("adam", "rmsprop"):
+      raise ValueError(f"meta_opt.name must be 'adam' or 'rmsprop', got "
+                       f"{self.name!r}")
+    if not self.learning_rate > 0:
+      raise ValueError("meta_opt.learning_rate must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TasksConfig:
+  """Which tasks are meta-trained on, and how groups are formed."""
+
+  num_groups: int = 4  # task groups (configs) per meta-step
+  resample_every: int = 25  # meta-steps before a group gets a new config
+  include_mlps: bool = True  # the paper's text excludes NNs; its code didn't
+
+  def __post_init__(self):
+    if self.num_groups < 1 or self.resample_every < 1:
+      raise ValueError("tasks.num_groups and tasks.resample_every must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+  """Resources and behaviour of each unroll worker."""
+
+  num_cpus: float = 1.0
+  num_gpus: float = 0.0  # 1 on GPU hosts
+  tpus: int = 0  # chips per host on TPU VMs, e.g. 4 (resources={"TPU": 4})
+  truncations_per_call: int = 1  # K truncations per group per compute()
+  max_restarts: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+  """How the central learner aggregates asynchronous meta-gradients."""
+
+  grads_per_update: int = 0  # MetaGrads averaged per update; 0 = #workers
+  max_staleness: int = 4  # drop grads computed on theta older than this
+  keep_last: int = 3  # checkpoints: the last K steps ...
+  keep_every: int = 0  # ... plus one every M steps (0: none)
+  save_every: int = 25  # meta-steps between checkpoints
+
+  def __post_init__(self):
+    if self.grads_per_update < 0 or self.max_staleness < 0:
+      raise ValueError("learner.grads_per_update/max_staleness must be >= 0")
+    if self.save_every < 1 or self.keep_last < 1:
+      raise ValueError("learner.save_every and keep_last must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything a meta-training run needs."""
+
+  hrnn: HRNNConfig = HRNNConfig()
+  unroll: UnrollConfig = UnrollConfig()
+  meta_opt: MetaOptConfig = MetaOptConfig()
+  tasks: TasksConfig = TasksConfig()
+  worker: WorkerConfig = WorkerConfig()
+  learner: LearnerConfig = LearnerConfig()
+  seed: int = 0
+  steps: int = 1000  # meta-steps
+  log_every: int = 10
+  eval_every: int = 0  # meta-steps between held-out evaluations; 0 = off
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # Small enough for tests and smoke runs: a few seconds per meta-step.
+    "tiny": {"unroll": {"tasks_per_group": 2, "steps_mean": 5.0,
+                        "min_steps": 5, "max_steps": 20,
+                        "truncations_mean": 3.0},
+             "tasks": {"num_groups": 2, "resample_every": 1000,
+                       "include_mlps": False},
+             "steps": 20, "log_every": 5},
+    # The 2017 reference's unroll lengths (slow on CPU).
+    "paper": {"unroll": {"steps_mean": 200.0, "min_steps": 50,
+                         "max_steps": 1600, "truncations_mean": 40.0},
+              "meta_opt": {"name": "rmsprop", "learning_rate": 1e-6,
+                           "clip_norm": 0.0}},
+}
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+  """Checks/coerces a JSON-ish value to a dataclass field's type."""
+  if dataclasses.is_dataclass(typ):
+    if isinstance(value, typ):
+      return value
+    if not isinstance(value, dict):
+      raise ValueError(f"{where} must be a mapping")
+    return from_dict(typ, value, where)
+  if typ is bool:
+    if isinstance(value, bool):
+      return value
+    raise ValueError(f"{where} must be true/false, got {value!r}")
+  if typ is int:
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+    raise ValueError(f"{where} must be an integer, got {value!r}")
+  if typ is float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+    raise ValueError(f"{where} must be a number, got {value!r}")
+  if typ is str:
+    if isinstance(value, str):
+      return value
+    raise ValueError(f"{where} must be a string, got {value!r}")
+  if typing.get_origin(typ) is tuple:
+    if isinstance(value, (list, tuple)):
+      args = typing.get_args(typ)
+      return tuple(_coerce(v, args[0], where) for v in value)
+    raise ValueError(f"{where} must be a list, got {value!r}")
+  return value
+
+
+def from_dict(cls, d: dict[str, Any], where: str = "config"):
+  """Builds dataclass ``cls`` from a dict; unknown keys raise ValueError."""
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - names)
+  if unknown:
+    raise ValueError(f"unknown config key {where}.{unknown[0]} (valid: "
+                     f"{', '.join(sorted(names))})")
+  kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in d.items()}
+  try:
+    return cls(**kwargs)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{where}: {e}") from None
+
+
+def to_dict(cfg) -> dict[str, Any]:
+  return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _merge(base: dict, over: dict) -> dict:
+  out = dict(base)
+  for k, v in over.items():
+    out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(
+        out.get(k), dict) else v
+  return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+  """Parses ``a.b=value``; the value is JSON if it parses, else a string."""
+  if "=" not in item:
+    raise ValueError(f"--set {item!r}: expected key=value")
+  key, raw = item.split("=", 1)
+  try:
+    value = json.loads(raw)
+  except json.JSONDecodeError:
+    value = raw
+  return key.strip().split("."), value
+
+
+def load(name_or_path: str = "default", overrides: list[str] = ()
+         ) -> TrainConfig:
+  """Resolves a preset name or JSON path plus ``--set`` overrides."""
+  if name_or_path in PRESETS:
+    d = to_dict(from_dict(TrainConfig, PRESETS[name_or_path]))
+  elif os.path.exists(name_or_path):
+    try:
+      with open(name_or_path) as f:
+        loaded = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise ValueError(f"cannot read config {name_or_path}: {e}") from None
+    d = _merge(to_dict(TrainConfig()), loaded)
+  else:
+    raise ValueError(f"unknown config {name_or_path!r}: not a preset "
+                     f"({', '.join(PRESETS)}) nor an existing JSON file")
+  for item in overrides:
+    path, value = parse_override(item)
+    node = d
+    for i, part in enumerate(path[:-1]):
+      if not isinstance(node.get(part), dict):
+        raise ValueError(f"unknown config key {'.'.join(path[:i + 1])}")
+      node = node[part]
+    if path[-1] not in node:
+      raise ValueError(f"unknown config key {'.'.join(path)}")
+    node[path[-1]] = value
+  return from_dict(TrainConfig, d)

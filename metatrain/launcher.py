@@ -1,0 +1,166 @@
+"""``lopt train`` on Ray: start or join Ray, run workers and the learner.
+
+Without ``--address`` a local Ray instance is started, sized to this machine
+(dashboard off unless asked for, and then bound to 127.0.0.1; Ray's token
+authentication is left on). With ``--address auto`` it joins a running
+cluster. The learner resumes from the newest complete checkpoint in
+``workdir/checkpoints``; Ctrl-C or SIGTERM saves a final checkpoint and shuts
+Ray down cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from metatrain import checkpoints, hrnn, learner, local_train
+from metatrain import config as config_lib
+from metatrain.config import TrainConfig
+from metatrain.worker import UnrollWorker, actor_options
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def init_ray(address: str | None, dashboard: bool = False) -> None:
+  import ray  # pylint: disable=import-outside-toplevel
+  if ray.is_initialized():
+    return
+  env = {"env_vars": {"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")}}
+  if address:
+    ray.init(address=address, runtime_env=env, log_to_driver=True)
+  else:
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=dashboard,
+             dashboard_host="127.0.0.1", runtime_env=env,
+             log_to_driver=True)
+
+
+def default_num_workers(cfg: TrainConfig) -> int:
+  """Workers that fit the cluster, leaving one CPU for the learner."""
+  import ray  # pylint: disable=import-outside-toplevel
+  res = ray.cluster_resources()
+  if cfg.worker.num_gpus:
+    return max(1, int(res.get("GPU", 0) // cfg.worker.num_gpus))
+  if cfg.worker.tpus:
+    return max(1, int(res.get("TPU", 0) // cfg.worker.tpus))
+  cpus = res.get("CPU", 1) - 1
+  return max(1, int(cpus // cfg.worker.num_cpus))
+
+
+class _TB:
+  """TensorBoard scalars (tensorboardX), flushed every step."""
+
+  def __init__(self, logdir: str):
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self.w = SummaryWriter(logdir)
+
+  def step(self, step: int, metrics: dict[str, Any], counters: dict) -> None:
+    for k in ("meta_loss", "grad_norm", "staleness", "task_steps_per_s",
+              "task_nonfinite", "task_diverged"):
+      if k in metrics and np.isfinite(metrics[k]):
+        self.w.add_scalar(f"train/{k}", metrics[k], step)
+    for k in ("stale", "duplicate", "nonfinite", "worker_failures",
+              "skipped_updates"):
+      self.w.add_scalar(f"counters/{k}", counters.get(k, 0), step)
+    for wid, v in metrics.get("per_worker_steps_per_s", {}).items():
+      self.w.add_scalar(f"workers/{wid}/task_steps_per_s", v, step)
+    self.w.flush()
+
+  def close(self) -> None:
+    self.w.close()
+
+
+def run(cfg: TrainConfig, args) -> int:
+  """Runs distributed meta-training; returns a process exit code."""
+  import ray  # pylint: disable=import-outside-toplevel
+  workdir = args.workdir
+  steps_target = args.steps if args.steps is not None else cfg.steps
+  opt = local_train.meta_optimizer(cfg.meta_opt)
+  ckpt = checkpoints.Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      checkpoints.CheckpointConfig(keep_last=cfg.learner.keep_last,
+                                   keep_every=cfg.learner.keep_every,
+                                   save_every=cfg.learner.save_every))
+  theta = hrnn.init_theta(jax.random.PRNGKey(cfg.seed), cfg.hrnn)
+  state = learner.LearnerState(theta, opt.init(theta), 0, {})
+  rng = np.random.default_rng(cfg.seed)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    r = ckpt.restore(latest, opt_state_template=state.opt_state)
+    state = learner.LearnerState(r["theta"], r["opt_state"], r["step"],
+                                 dict(r["counters"]))
+    rng.bit_generator.state = r["rng_state"]
+    _log(f"resumed from {workdir}/checkpoints step {latest}")
+  if state.step >= steps_target:
+    _log(f"already at step {state.step} >= --steps {steps_target}; nothing "
+         "to do")
+    ckpt.close()
+    return 0
+
+  stop = {"flag": False}
+
+  def _handler(signum, _frame):
+    _log(f"received {signal.Signals(signum).name}: saving a final "
+         "checkpoint and shutting down")
+    stop["flag"] = True
+
+  old = {s: signal.signal(s, _handler) for s in (signal.SIGINT,
+                                                 signal.SIGTERM)}
+  init_ray(args.address, getattr(args, "dashboard", False))
+  n_workers = args.workers or default_num_workers(cfg)
+  cfg_dict = config_lib.to_dict(cfg)
+  actor = ray.remote(UnrollWorker).options(**actor_options(cfg.worker))
+  seed = int(rng.integers(2**31))
+  workers = [actor.remote(i, cfg_dict, seed) for i in range(n_workers)]
+  batch = cfg.learner.grads_per_update or n_workers
+  _log(f"lopt train: {n_workers} workers x {cfg.tasks.num_groups} groups x "
+       f"{cfg.unroll.tasks_per_group} tasks, batch {batch}, steps "
+       f"{state.step} -> {steps_target}, workdir {workdir}")
+  tb = _TB(os.path.join(workdir, "tb"))
+  t0, start_step = time.time(), state.step
+
+  def save(st: learner.LearnerState, force: bool = False) -> None:
+    ckpt.save(st.step, theta=st.theta, opt_state=st.opt_state,
+              counters=st.counters, rng_state=rng.bit_generator.state,
+              config=cfg_dict, force=force)
+
+  def on_step(st: learner.LearnerState, m: dict) -> None:
+    tb.step(st.step, m, st.counters)
+    if st.step % cfg.log_every == 0 or st.step == steps_target:
+      rate = (st.step - start_step) / max(time.time() - t0, 1e-9)
+      _log(f"step {st.step:>6}/{steps_target}  meta_loss "
+           f"{m['meta_loss']:+.4f}  |g| {m['grad_norm']:.3g}  stale "
+           f"{m['staleness']:.1f}  task-steps/s {m['task_steps_per_s']:,.0f}"
+           f"  steps/s {rate:.2f}  dropped stale/dup/nan "
+           f"{st.counters.get('stale', 0)}/{st.counters.get('duplicate', 0)}"
+           f"/{st.counters.get('nonfinite', 0)}  restarts "
+           f"{st.counters.get('worker_failures', 0)}")
+    save(st)
+
+  try:
+    state = learner.run(state, workers, opt, steps=steps_target,
+                        max_staleness=cfg.learner.max_staleness,
+                        batch_size=batch, on_step=on_step,
+                        should_stop=lambda: stop["flag"])
+    save(state, force=True)
+    ckpt.wait()
+    _log(f"done at step {state.step}; checkpoints in {workdir}/checkpoints")
+  finally:
+    ckpt.close()
+    tb.close()
+    for w in workers:
+      ray.kill(w, no_restart=True)
+    ray.shutdown()  # with --address this only disconnects the driver
+    for s, h in old.items():
+      signal.signal(s, h)
+  with open(os.path.join(workdir, "counters.json"), "w") as f:
+    json.dump({"step": state.step, **state.counters}, f, indent=2)
+  return 130 if stop["flag"] and state.step < steps_target else 0

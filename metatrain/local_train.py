@@ -1,0 +1,171 @@
+"""Single-process meta-training: ``lopt train --workers 0``.
+
+Samples task groups from the ensemble, computes their truncated-BPTT
+meta-gradients, averages them, and applies the meta-optimizer. The same
+pieces (``unroll.group_meta_grad``) run inside Ray workers when distributed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metatrain import hrnn, tasks, unroll
+from metatrain.config import MetaOptConfig, TrainConfig
+
+
+def meta_optimizer(cfg: MetaOptConfig) -> optax.GradientTransformation:
+  """Clip elementwise (as the reference), clip the norm, then Adam/RMSProp."""
+  parts = [optax.clip(cfg.clip_value)]
+  if cfg.clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+  if cfg.name == "rmsprop":
+    parts.append(optax.rmsprop(cfg.learning_rate, decay=cfg.rmsprop_decay))
+  else:
+    parts.append(optax.adam(cfg.learning_rate))
+  return optax.chain(*parts)
+
+
+@dataclasses.dataclass
+class TaskGroup:
+  """N vmapped copies of one task config and their carried unroll states."""
+
+  config: tasks.TaskConfig
+  states: Any
+  age: int = 0
+
+  @classmethod
+  def sample(cls, rng: np.random.Generator, ensemble: tasks.Ensemble,
+             cfg: TrainConfig, theta) -> "TaskGroup":
+    tc = ensemble.sample(rng)
+    key = jax.random.PRNGKey(int(rng.integers(2**31)))
+    states = unroll.init_group_states(
+        theta, key, task_config=tc, hcfg=cfg.hrnn, ucfg=cfg.unroll,
+        num_tasks=cfg.unroll.tasks_per_group)
+    return cls(tc, states)
+
+  def meta_grad(self, theta, rng: np.random.Generator, cfg: TrainConfig):
+    """One truncation: returns (grad, metrics, task_steps)."""
+    length = unroll.sample_length(rng, cfg.unroll)
+    keys = jax.random.split(jax.random.PRNGKey(int(rng.integers(2**31))),
+                            cfg.unroll.tasks_per_group)
+    grad, self.states, metrics = unroll.group_meta_grad(
+        theta, self.states, keys, length, task_config=self.config,
+        hcfg=cfg.hrnn, ucfg=cfg.unroll,
+        scan_len=unroll.bucket(length, cfg.unroll))
+    self.age += 1
+    return grad, metrics, length * cfg.unroll.tasks_per_group
+
+
+def average_grads(results: list[tuple[Any, dict]]) -> tuple[Any, dict]:
+  """Averages group gradients, weighting groups by their good-task count."""
+  weights = np.array([float(m["num_good"]) for _, m in results])
+  total = weights.sum()
+  if total == 0:
+    grad = jax.tree_util.tree_map(jnp.zeros_like, results[0][0])
+  else:
+    grad = jax.tree_util.tree_map(
+        lambda *gs: sum(w * g for w, g in zip(weights, gs)) / total,
+        *[g for g, _ in results])
+  summed = {k: float(sum(float(m[k]) for _, m in results))
+            for k in ("num_nonfinite", "num_diverged", "num_resets",
+                      "num_good")}
+  summed["meta_loss"] = (float(sum(w * float(m["meta_loss"]) for w, (_, m)
+                                   in zip(weights, results)) / total)
+                         if total else float("nan"))
+  return grad, summed
+
+
+class MetaTrainer:
+  """Holds theta, the meta-optimizer state and the task groups."""
+
+  def __init__(self, cfg: TrainConfig, theta=None):
+    self.cfg = cfg
+    self.rng = np.random.default_rng(cfg.seed)
+    self.ensemble = tasks.default_ensemble(cfg.tasks.include_mlps)
+    self.theta = (theta if theta is not None else
+                  hrnn.init_theta(jax.random.PRNGKey(cfg.seed), cfg.hrnn))
+    self.opt = meta_optimizer(cfg.meta_opt)
+    self.opt_state = self.opt.init(self.theta)
+    self.step = 0
+    self.counters = {"num_nonfinite": 0, "num_diverged": 0, "num_resets": 0,
+                     "skipped_updates": 0, "task_steps": 0}
+    self.groups = [TaskGroup.sample(self.rng, self.ensemble, cfg, self.theta)
+                   for _ in range(cfg.tasks.num_groups)]
+    self._apply = jax.jit(self._apply_impl)
+
+  def _apply_impl(self, theta, opt_state, grad):
+    updates, new_opt_state = self.opt.update(grad, opt_state, theta)
+    new_theta = optax.apply_updates(theta, updates)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
+                                jax.tree_util.tree_leaves(new_theta)]))
+    gnorm = optax.global_norm(grad)
+    return new_theta, new_opt_state, finite, gnorm
+
+  def meta_step(self) -> dict[str, float]:
+    """Computes every group's meta-gradient and applies one update."""
+    t0 = time.perf_counter()
+    results, task_steps = [], 0
+    for i, g in enumerate(self.groups):
+      if g.age >= self.cfg.tasks.resample_every:
+        self.groups[i] = g = TaskGroup.sample(self.rng, self.ensemble,
+                                              self.cfg, self.theta)
+      grad, metrics, n = g.meta_grad(self.theta, self.rng, self.cfg)
+      results.append((grad, metrics))
+      task_steps += n
+    grad, m = average_grads(results)
+    new_theta, new_opt, finite, gnorm = self._apply(self.theta,
+                                                    self.opt_state, grad)
+    if bool(finite):
+      self.theta, self.opt_state = new_theta, new_opt
+    else:  # never let a bad update poison theta
+      self.counters["skipped_updates"] += 1
+    self.step += 1
+    for k in ("num_nonfinite", "num_diverged", "num_resets"):
+      self.counters[k] += int(m[k])
+    self.counters["task_steps"] += task_steps
+    dt = time.perf_counter() - t0
+    return {"step": self.step, "meta_loss": m["meta_loss"],
+            "grad_norm": float(gnorm), "num_good": m["num_good"],
+            "nonfinite": m["num_nonfinite"], "diverged": m["num_diverged"],
+            "task_steps_per_s": task_steps / dt, "seconds": dt}
+
+
+def format_progress(m: dict[str, float], counters: dict[str, int],
+                    total: int) -> str:
+  return (f"step {m['step']:>5}/{total}  meta_loss {m['meta_loss']:+.4f}  "
+          f"|g| {m['grad_norm']:.3g}  task-steps/s {m['task_steps_per_s']:,.0f}"
+          f"  nonfinite {counters['num_nonfinite']}  diverged "
+          f"{counters['num_diverged']}  resets {counters['num_resets']}")
+
+
+def train(cfg: TrainConfig, steps: int | None = None,
+          log: Callable[[str], None] | None = None,
+          time_budget_s: float | None = None) -> MetaTrainer:
+  """Runs single-process meta-training and prints a progress line."""
+  log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+  total = steps if steps is not None else cfg.steps
+  trainer = MetaTrainer(cfg)
+  log(f"meta-training {hrnn.num_meta_params(trainer.theta)} meta-params on "
+      f"{cfg.tasks.num_groups} groups x {cfg.unroll.tasks_per_group} tasks "
+      f"({', '.join(g.config.name for g in trainer.groups)})")
+  t_start = time.time()
+  ema = None
+  for _ in range(total):
+    m = trainer.meta_step()
+    if np.isfinite(m["meta_loss"]):
+      ema = m["meta_loss"] if ema is None else 0.9 * ema + 0.1 * m["meta_loss"]
+    if m["step"] % cfg.log_every == 0 or m["step"] == total:
+      log(format_progress(dict(m, meta_loss=ema if ema is not None
+                               else float("nan")), trainer.counters, total))
+    if time_budget_s is not None and time.time() - t_start > time_budget_s:
+      log(f"time budget of {time_budget_s:.0f}s reached at step {m['step']}")
+      break
+  return trainer

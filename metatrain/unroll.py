@@ -1,0 +1,236 @@
+"""Truncated unrolls of vmapped task groups, the meta-objective and its gradient.
+
+A *task group* is N copies of one sampled ``TaskConfig`` (same shapes,
+different seeds), vmapped. Each copy carries a ``TaskUnrollState`` across
+truncations: inner params, HRNN state, step, ``f_0`` and its seed. A task
+lives for a heavy-tailed number of truncations (``round(Exp(mean)) + 1``);
+when it is used up, or diverges, it is reset inside jit with a new seed and
+the same shapes.
+
+Each call runs one truncation of ``length`` inner steps, drawn heavy-tailed
+(``round(Exp(mean)) + min``). To keep the number of compiled programs small,
+the scan runs for the next bucket length (a power of two times
+``min_steps``) and masks the steps past ``length``, so the drawn length is
+exact and at most one program per bucket is compiled.
+
+The meta-objective of a truncation is the mean over its steps of
+``log(f_t / (f_0 + 1e-6) + 1e-6)`` where ``f`` is the full-batch loss (the
+optimizer itself sees minibatch gradients). Its gradient with respect to
+theta is truncated BPTT, optionally without second derivatives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from metatrain import hrnn
+from metatrain.hrnn_config import HRNNConfig
+from metatrain.tasks import TaskConfig, build_task
+
+_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class UnrollConfig:
+  """How inner problems are unrolled.
+
+  The 2017 reference used truncations_mean=40, steps_mean=200, min_steps=50;
+  the CPU default here is shorter so a laptop sees progress in minutes.
+  """
+
+  tasks_per_group: int = 8  # vmapped copies of one task config
+  truncations_mean: float = 40.0  # task length: round(Exp(mean)) + 1 truncs
+  steps_mean: float = 30.0  # truncation: round(Exp(mean)) + min_steps steps
+  min_steps: int = 10
+  max_steps: int = 320  # truncations are capped here (also the max bucket)
+  stop_second_derivatives: bool = False
+  divergence_factor: float = 1e3  # f_t > factor * (f_0 + 1) counts as diverged
+
+  def __post_init__(self):
+    if self.tasks_per_group < 1:
+      raise ValueError("unroll.tasks_per_group must be >= 1")
+    if self.min_steps < 1 or self.max_steps < self.min_steps:
+      raise ValueError("unroll needs 1 <= min_steps <= max_steps")
+    if self.truncations_mean < 0 or self.steps_mean < 0:
+      raise ValueError("unroll.truncations_mean/steps_mean must be >= 0")
+
+
+@struct.dataclass
+class TaskUnrollState:
+  """The carried state of one task (leading axis N inside a group)."""
+
+  params: Any
+  data: Any
+  opt_state: hrnn.HRNNState
+  step: jax.Array  # inner steps taken since the last reset
+  f0: jax.Array  # full-batch loss at the reset
+  seed: jax.Array  # PRNG key of the current task instance
+  truncs_left: jax.Array  # truncations left before the next reset
+
+
+def sample_num_truncations(key, cfg: UnrollConfig, shape=()):
+  e = jax.random.exponential(key, shape) * cfg.truncations_mean
+  return jnp.round(e).astype(jnp.int32) + 1
+
+
+def sample_length(rng: np.random.Generator, cfg: UnrollConfig) -> int:
+  """Steps of one truncation: round(Exp(steps_mean)) + min_steps, capped."""
+  n = int(round(rng.exponential(cfg.steps_mean))) + cfg.min_steps
+  return min(n, cfg.max_steps)
+
+
+def bucket(length: int, cfg: UnrollConfig) -> int:
+  """The compiled scan length used for a truncation of ``length`` steps."""
+  b = cfg.min_steps * 2 ** max(0, math.ceil(math.log2(length / cfg.min_steps)))
+  return int(min(b, cfg.max_steps))
+
+
+def _fresh_task(task, hcfg, theta, key, ucfg):
+  k_init, k_opt, k_len = jax.random.split(key, 3)
+  params, data = task.init(k_init)
+  return TaskUnrollState(
+      params=params, data=data,
+      opt_state=hrnn.init_state(hcfg, theta, params, k_opt),
+      step=jnp.zeros((), jnp.int32),
+      f0=task.full_loss(params, data),
+      seed=key,
+      truncs_left=sample_num_truncations(k_len, ucfg))
+
+
+def _tree_where(c, a, b):
+  return jax.tree_util.tree_map(lambda x, y: jnp.where(c, x, y), a, b)
+
+
+def _truncation(theta, state: TaskUnrollState, key, length, *, task, hcfg,
+                ucfg, scan_len):
+  """Runs one truncation for one task; returns (meta_loss, aux)."""
+  # Reset used-up or diverged tasks first, in jit, with the same shapes.
+  k_reset, k_steps = jax.random.split(key)
+  need_reset = state.truncs_left <= 0
+  fresh = _fresh_task(task, hcfg, theta, jax.random.fold_in(state.seed,
+                                                            state.step + 1),
+                      ucfg)
+  state = jax.lax.stop_gradient(state)
+  state = _tree_where(need_reset, fresh, state)
+  del k_reset
+
+  def body(carry, t):
+    params, opt_state, diverged = carry
+    k = jax.random.fold_in(k_steps, t)
+    loss, grads = task.loss_and_grad(params, state.data, k)
+    if ucfg.stop_second_derivatives:
+      grads = jax.lax.stop_gradient(grads)
+    updates, new_opt = hrnn.update(hcfg, theta, opt_state, grads, params)
+    new_params = optax.apply_updates(params, updates)
+    f = task.full_loss(new_params, state.data)
+    active = t < length
+    bad = ~jnp.isfinite(f) | ~jnp.isfinite(loss) | (
+        f > ucfg.divergence_factor * (state.f0 + 1.0))
+    diverged = diverged | (active & bad)
+    f_safe = jnp.where(jnp.isfinite(f), f, 0.0)
+    term = jnp.log(f_safe / (state.f0 + _EPS) + _EPS)
+    term = jnp.where(active & ~diverged, term, 0.0)
+    keep = active & ~diverged
+    params = _tree_where(keep, new_params, params)
+    opt_state = _tree_where(keep, new_opt, opt_state)
+    return (params, opt_state, diverged), (term, f_safe)
+
+  init = (state.params, state.opt_state, jnp.zeros((), bool))
+  (params, opt_state, diverged), (terms, fs) = jax.lax.scan(
+      body, init, jnp.arange(scan_len))
+  n_active = jnp.minimum(length, scan_len).astype(jnp.float32)
+  meta_loss = jnp.sum(terms) / n_active
+  new_state = state.replace(
+      params=params, opt_state=opt_state,
+      step=state.step + jnp.minimum(length, scan_len),
+      truncs_left=jnp.where(diverged, 0, state.truncs_left - 1))
+  aux = {"state": new_state, "diverged": diverged, "reset": need_reset,
+         "final_loss": fs[jnp.minimum(length, scan_len) - 1]}
+  return meta_loss, aux
+
+
+@functools.partial(jax.jit, static_argnames=("task_config", "hcfg", "ucfg",
+                                             "scan_len"))
+def group_meta_grad(theta, states, keys, length, *, task_config: TaskConfig,
+                    hcfg: HRNNConfig, ucfg: UnrollConfig, scan_len: int):
+  """Meta-gradient of one truncation, averaged over a group's tasks.
+
+  Non-finite per-task losses or gradients, and diverged tasks, are zeroed and
+  counted; they never reach the returned gradient. Diverged tasks are reset
+  on the next call.
+
+  Returns:
+    ``(grad, new_states, metrics)`` where metrics has ``meta_loss`` (mean
+    over good tasks), ``num_nonfinite``, ``num_diverged``, ``num_resets``
+    and ``num_good``.
+  """
+  task = build_task(task_config)
+  fn = functools.partial(_truncation, task=task, hcfg=hcfg, ucfg=ucfg,
+                         scan_len=scan_len)
+  grad_fn = jax.vmap(jax.value_and_grad(fn, has_aux=True),
+                     in_axes=(None, 0, 0, None))
+  (losses, aux), grads = grad_fn(theta, states, keys, length)
+  finite = jnp.isfinite(losses)
+  for g in jax.tree_util.tree_leaves(grads):
+    finite = finite & jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), 1)
+  good = finite & ~aux["diverged"]
+  n_good = jnp.sum(good)
+  denom = jnp.maximum(n_good, 1).astype(jnp.float32)
+  mean_grad = jax.tree_util.tree_map(
+      lambda g: jnp.sum(jnp.where(good.reshape((-1,) + (1,) * (g.ndim - 1)),
+                                  g, 0.0), 0) / denom, grads)
+  new_states = aux["state"]
+  # A task with a non-finite gradient is reset next call, like a diverged one.
+  new_states = new_states.replace(
+      truncs_left=jnp.where(finite, new_states.truncs_left, 0))
+  metrics = {
+      "meta_loss": jnp.sum(jnp.where(good, losses, 0.0)) / denom,
+      "num_good": n_good,
+      "num_nonfinite": jnp.sum(~finite),
+      "num_diverged": jnp.sum(aux["diverged"] & finite),
+      "num_resets": jnp.sum(aux["reset"]),
+      "final_loss": jnp.mean(jnp.where(good, aux["final_loss"], 0.0)) *
+                    aux["final_loss"].shape[0] / denom,
+  }
+  return mean_grad, new_states, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("task_config", "hcfg", "ucfg",
+                                             "num_tasks"))
+def init_group_states(theta, key, *, task_config: TaskConfig,
+                      hcfg: HRNNConfig, ucfg: UnrollConfig, num_tasks: int):
+  """Fresh unroll states for ``num_tasks`` copies of one task config."""
+  task = build_task(task_config)
+  keys = jax.random.split(key, num_tasks)
+  return jax.vmap(lambda k: _fresh_task(task, hcfg, theta, k, ucfg))(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("task_config", "hcfg",
+                                             "num_tasks", "steps"))
+def evaluate(theta, key, *, task_config: TaskConfig, hcfg: HRNNConfig,
+             num_tasks: int, steps: int):
+  """Fresh tasks trained ``steps`` steps from scratch with theta.
+
+  Returns ``(meta_objective, final_full_loss)``, each of shape (num_tasks,):
+  the meta-objective of one ``steps``-long truncation, with no resets.
+  """
+  ucfg = UnrollConfig(tasks_per_group=num_tasks, truncations_mean=0.0,
+                      min_steps=1, max_steps=max(steps, 1))
+  task = build_task(task_config)
+  k_init, k_run = jax.random.split(key)
+  states = jax.vmap(lambda k: _fresh_task(task, hcfg, theta, k, ucfg))(
+      jax.random.split(k_init, num_tasks))
+  fn = functools.partial(_truncation, task=task, hcfg=hcfg, ucfg=ucfg,
+                         scan_len=steps)
+  losses, aux = jax.vmap(fn, in_axes=(None, 0, 0, None))(
+      theta, states, jax.random.split(k_run, num_tasks), steps)
+  return losses, aux["final_loss"]

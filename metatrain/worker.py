@@ -1,0 +1,92 @@
+"""The UnrollWorker: a Ray actor that computes meta-gradients.
+
+It holds several vmapped task groups and keeps their unroll states across
+calls. Each ``compute`` receives theta (sent as an ObjectRef, which Ray
+resolves) with its step, runs K truncations per group and returns a
+``MetaGrad``. Groups are spread round-robin over the host's local devices,
+so a host with several accelerators uses them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from metatrain import config as config_lib
+from metatrain import local_train, tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaGrad:
+  """One worker's averaged meta-gradient and what produced it."""
+
+  worker_id: int
+  seq: int  # per-worker sequence number, unique across actor restarts
+  theta_step: int  # the learner step of the theta it was computed with
+  grads: Any  # pytree of numpy arrays, theta's structure
+  metrics: dict[str, float]
+
+
+def actor_options(wcfg: config_lib.WorkerConfig) -> dict[str, Any]:
+  """Ray actor options declaring the worker's resources."""
+  opts: dict[str, Any] = {"num_cpus": wcfg.num_cpus,
+                          "max_restarts": wcfg.max_restarts,
+                          "max_task_retries": 0}
+  if wcfg.num_gpus:
+    opts["num_gpus"] = wcfg.num_gpus
+  if wcfg.tpus:
+    opts["resources"] = {"TPU": wcfg.tpus}
+  return opts
+
+
+class UnrollWorker:
+  """Computes meta-gradients for the learner (wrap with ``ray.remote``)."""
+
+  def __init__(self, worker_id: int, train_config: dict, seed: int):
+    self.worker_id = worker_id
+    self.cfg = config_lib.from_dict(config_lib.TrainConfig, train_config)
+    self.rng = np.random.default_rng([seed, worker_id])
+    self.ensemble = tasks.default_ensemble(self.cfg.tasks.include_mlps)
+    self.devices = jax.local_devices()
+    self.groups: list[local_train.TaskGroup] = []
+    # Sequence numbers must stay unique when Ray restarts this actor (which
+    # re-runs __init__), so each incarnation starts from its start time.
+    self.seq = (time.time_ns() // 1_000_000) << 20
+
+  def _ensure_groups(self, theta) -> None:
+    for i in range(len(self.groups), self.cfg.tasks.num_groups):
+      dev = self.devices[i % len(self.devices)]
+      self.groups.append(local_train.TaskGroup.sample(
+          self.rng, self.ensemble, self.cfg, jax.device_put(theta, dev)))
+
+  def compute(self, theta, theta_step: int) -> MetaGrad:
+    """Runs K truncations on every group with ``theta``."""
+    t0 = time.perf_counter()
+    self._ensure_groups(theta)
+    results, task_steps = [], 0
+    for _ in range(self.cfg.worker.truncations_per_call):
+      for i, g in enumerate(self.groups):
+        if g.age >= self.cfg.tasks.resample_every:
+          dev = self.devices[i % len(self.devices)]
+          self.groups[i] = g = local_train.TaskGroup.sample(
+              self.rng, self.ensemble, self.cfg, jax.device_put(theta, dev))
+        th = jax.device_put(theta, self.devices[i % len(self.devices)])
+        grad, metrics, n = g.meta_grad(th, self.rng, self.cfg)
+        results.append((jax.device_get(grad), metrics))
+        task_steps += n
+    grad, m = local_train.average_grads(results)
+    dt = time.perf_counter() - t0
+    m.update(task_steps=float(task_steps), seconds=dt,
+             task_steps_per_s=task_steps / dt)
+    out = MetaGrad(self.worker_id, self.seq, int(theta_step),
+                   jax.tree_util.tree_map(np.asarray, grad), m)
+    self.seq += 1
+    return out
+
+  def pid(self) -> int:
+    return os.getpid()
