@@ -42,10 +42,16 @@ class TasksConfig:
   num_groups: int = 4  # task groups (configs) per meta-step
   resample_every: int = 25  # meta-steps before a group gets a new config
   include_mlps: bool = True  # the paper's text excludes NNs; its code didn't
+  families: tuple[str, ...] = ()  # restrict to these families (equal weight)
 
   def __post_init__(self):
     if self.num_groups < 1 or self.resample_every < 1:
       raise ValueError("tasks.num_groups and tasks.resample_every must be >= 1")
+    from metatrain.tasks import FAMILIES  # pylint: disable=import-outside-toplevel
+    unknown = [f for f in self.families if f not in FAMILIES]
+    if unknown:
+      raise ValueError(f"tasks.families: unknown family {unknown[0]!r} "
+                       f"(known: {', '.join(sorted(FAMILIES))})")
 
 
 @dataclasses.dataclass(frozen=True)

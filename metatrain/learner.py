@@ -109,7 +109,7 @@ def make_apply(opt: optax.GradientTransformation):
     new_theta = optax.apply_updates(theta, updates)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
                                 jax.tree_util.tree_leaves(new_theta)]))
-    return new_theta, new_opt_state, finite, optax.global_norm(grad)
+    return new_theta, new_opt_state, finite, optax.tree.norm(grad)
 
   return apply
 

@@ -89,7 +89,8 @@ class MetaTrainer:
   def __init__(self, cfg: TrainConfig, theta=None):
     self.cfg = cfg
     self.rng = np.random.default_rng(cfg.seed)
-    self.ensemble = tasks.default_ensemble(cfg.tasks.include_mlps)
+    self.ensemble = tasks.ensemble_for(cfg.tasks.include_mlps,
+                                      cfg.tasks.families)
     self.theta = (theta if theta is not None else
                   hrnn.init_theta(jax.random.PRNGKey(cfg.seed), cfg.hrnn))
     self.opt = meta_optimizer(cfg.meta_opt)
@@ -106,7 +107,7 @@ class MetaTrainer:
     new_theta = optax.apply_updates(theta, updates)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
                                 jax.tree_util.tree_leaves(new_theta)]))
-    gnorm = optax.global_norm(grad)
+    gnorm = optax.tree.norm(grad)
     return new_theta, new_opt_state, finite, gnorm
 
   def meta_step(self) -> dict[str, float]:

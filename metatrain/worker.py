@@ -51,7 +51,8 @@ class UnrollWorker:
     self.worker_id = worker_id
     self.cfg = config_lib.from_dict(config_lib.TrainConfig, train_config)
     self.rng = np.random.default_rng([seed, worker_id])
-    self.ensemble = tasks.default_ensemble(self.cfg.tasks.include_mlps)
+    self.ensemble = tasks.ensemble_for(self.cfg.tasks.include_mlps,
+                                       self.cfg.tasks.families)
     self.devices = jax.local_devices()
     self.groups: list[local_train.TaskGroup] = []
     # Sequence numbers must stay unique when Ray restarts this actor (which

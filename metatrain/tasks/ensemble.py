@@ -66,6 +66,14 @@ def default_ensemble(include_mlps: bool = True) -> Ensemble:
   return Ensemble(tuple(weights))
 
 
+def ensemble_for(include_mlps: bool = True,
+                 families: tuple[str, ...] = ()) -> Ensemble:
+  """The default ensemble, or equal weights over ``families`` if given."""
+  if families:
+    return Ensemble(tuple((f, 1.0) for f in families))
+  return default_ensemble(include_mlps)
+
+
 def holdout_configs(n: int = 16, ensemble: Ensemble | None = None
                     ) -> list[TaskConfig]:
   """Fixed held-out validation configs, never used for meta-training."""

@@ -64,7 +64,7 @@ LARGE_QUADRATIC = TaskFamily(
 def _build_bowl(cfg: TaskConfig):
   cond, angle, noise = cfg.get("cond"), cfg.get("angle"), cfg.get("noise")
   c, s = math.cos(angle), math.sin(angle)
-  rot = jnp.array([[c, -s], [s, c]])
+  rot = np.array([[c, -s], [s, c]], np.float32)  # numpy: builders are cached
 
   def init(key):
     return {"x": jax.random.uniform(key, (2,), minval=-3, maxval=3)}, {}
