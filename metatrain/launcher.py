@@ -30,10 +30,11 @@ def _log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
 
 
-def init_ray(address: str | None, dashboard: bool = False) -> None:
+def init_ray(address: str | None, dashboard: bool = False) -> bool:
+  """Starts or joins Ray; returns True if this call connected to it."""
   import ray  # pylint: disable=import-outside-toplevel
   if ray.is_initialized():
-    return
+    return False
   env = {"env_vars": {"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")}}
   if address:
     ray.init(address=address, runtime_env=env, log_to_driver=True)
@@ -41,6 +42,18 @@ def init_ray(address: str | None, dashboard: bool = False) -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=dashboard,
              dashboard_host="127.0.0.1", runtime_env=env,
              log_to_driver=True)
+  return True
+
+
+def theta_digest(theta) -> str:
+  """Short SHA-256 of theta's bytes, to show resumes are bit-exact."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  h = hashlib.sha256()
+  for path, x in sorted(jax.tree_util.tree_leaves_with_path(theta),
+                        key=lambda kv: jax.tree_util.keystr(kv[0])):
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(np.ascontiguousarray(np.asarray(x, np.float32)).tobytes())
+  return h.hexdigest()[:16]
 
 
 def default_num_workers(cfg: TrainConfig) -> int:
@@ -84,8 +97,9 @@ def run(cfg: TrainConfig, args) -> int:
   workdir = args.workdir
   steps_target = args.steps if args.steps is not None else cfg.steps
   opt = local_train.meta_optimizer(cfg.meta_opt)
+  started_ray = init_ray(args.address, getattr(args, "dashboard", False))
   ckpt = checkpoints.Checkpointer(
-      os.path.join(workdir, "checkpoints"),
+      workdir,
       checkpoints.CheckpointConfig(keep_last=cfg.learner.keep_last,
                                    keep_every=cfg.learner.keep_every,
                                    save_every=cfg.learner.save_every))
@@ -98,11 +112,14 @@ def run(cfg: TrainConfig, args) -> int:
     state = learner.LearnerState(r["theta"], r["opt_state"], r["step"],
                                  dict(r["counters"]))
     rng.bit_generator.state = r["rng_state"]
-    _log(f"resumed from {workdir}/checkpoints step {latest}")
+    _log(f"resumed from {workdir}/checkpoints step {latest} (theta "
+         f"{theta_digest(state.theta)})")
   if state.step >= steps_target:
     _log(f"already at step {state.step} >= --steps {steps_target}; nothing "
          "to do")
     ckpt.close()
+    if started_ray:
+      ray.shutdown()
     return 0
 
   stop = {"flag": False}
@@ -114,12 +131,13 @@ def run(cfg: TrainConfig, args) -> int:
 
   old = {s: signal.signal(s, _handler) for s in (signal.SIGINT,
                                                  signal.SIGTERM)}
-  init_ray(args.address, getattr(args, "dashboard", False))
   n_workers = args.workers or default_num_workers(cfg)
   cfg_dict = config_lib.to_dict(cfg)
   actor = ray.remote(UnrollWorker).options(**actor_options(cfg.worker))
   seed = int(rng.integers(2**31))
   workers = [actor.remote(i, cfg_dict, seed) for i in range(n_workers)]
+  with open(os.path.join(workdir, "workers.json"), "w") as f:
+    json.dump({"pids": ray.get([w.pid.remote() for w in workers])}, f)
   batch = cfg.learner.grads_per_update or n_workers
   _log(f"lopt train: {n_workers} workers x {cfg.tasks.num_groups} groups x "
        f"{cfg.unroll.tasks_per_group} tasks, batch {batch}, steps "
@@ -158,7 +176,8 @@ def run(cfg: TrainConfig, args) -> int:
     tb.close()
     for w in workers:
       ray.kill(w, no_restart=True)
-    ray.shutdown()  # with --address this only disconnects the driver
+    if started_ray:
+      ray.shutdown()  # with --address this only disconnects the driver
     for s, h in old.items():
       signal.signal(s, h)
   with open(os.path.join(workdir, "counters.json"), "w") as f:
