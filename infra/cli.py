@@ -36,10 +36,12 @@ def _cmd_train(args) -> int:
   import os  # pylint: disable=import-outside-toplevel
   from metatrain import config as config_lib  # pylint: disable=import-outside-toplevel
   cfg = _load_config(args)
-  if args.steps is not None:
-    if args.steps < 1:
-      print("lopt: error: --steps must be >= 1", file=sys.stderr)
-      return 2
+  if args.steps is not None and args.steps < 1:
+    print("lopt: error: --steps must be >= 1", file=sys.stderr)
+    return 2
+  if args.workers is not None and args.workers < 0:
+    print("lopt: error: --workers must be >= 0", file=sys.stderr)
+    return 2
   os.makedirs(args.workdir, exist_ok=True)
   with open(os.path.join(args.workdir, "config.json"), "w") as f:
     json.dump(config_lib.to_dict(cfg), f, indent=2, sort_keys=True)
@@ -75,10 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--address", default=None,
                  help="Ray address; 'auto' joins a running cluster. "
                  "Default: start a local Ray instance")
-  t.add_argument("--workers", type=int, default=0,
-                 help="unroll workers; 0 runs everything in this process")
+  t.add_argument("--workers", type=int, default=None,
+                 help="unroll workers (default: as many as the Ray cluster "
+                 "fits, leaving a CPU for the learner); 0 runs everything in "
+                 "this process without Ray")
   t.add_argument("--steps", type=int, default=None,
                  help="meta-steps (default: the config's steps)")
+  t.add_argument("--dashboard", action="store_true",
+                 help="start the Ray dashboard (bound to 127.0.0.1)")
   t.set_defaults(func=_cmd_train)
 
   k = sub.add_parser("tasks", help="list the meta-training task families")

@@ -152,7 +152,8 @@ def run(cfg: TrainConfig, args) -> int:
 
   def on_step(st: learner.LearnerState, m: dict) -> None:
     tb.step(st.step, m, st.counters)
-    if st.step % cfg.log_every == 0 or st.step == steps_target:
+    if (st.step % cfg.log_every == 0 or st.step == steps_target or
+        st.step - start_step <= 3):
       rate = (st.step - start_step) / max(time.time() - t0, 1e-9)
       _log(f"step {st.step:>6}/{steps_target}  meta_loss "
            f"{m['meta_loss']:+.4f}  |g| {m['grad_norm']:.3g}  stale "

@@ -77,7 +77,13 @@ class UnrollWorker:
           self.groups[i] = g = local_train.TaskGroup.sample(
               self.rng, self.ensemble, self.cfg, jax.device_put(theta, dev))
         th = jax.device_put(theta, self.devices[i % len(self.devices)])
+        t_g = time.perf_counter()
+        first = g.age == 0
         grad, metrics, n = g.meta_grad(th, self.rng, self.cfg)
+        if first:  # shows life while programs compile
+          print(f"worker {self.worker_id}: group {i + 1}/{len(self.groups)} "
+                f"{g.config.name}: first truncation {time.perf_counter() - t_g:.1f}s"
+                " (incl. compile)", flush=True)
         results.append((jax.device_get(grad), metrics))
         task_steps += n
     grad, m = local_train.average_grads(results)
