@@ -145,6 +145,11 @@ def run(state: LearnerState, workers: list, opt: optax.GradientTransformation,
   agg = GradientAggregator(max_staleness, batch_size)
   base = dict(state.counters)  # counters restored from a checkpoint
   apply = make_apply(opt)
+
+  def sync_counters():
+    for k, v in dataclasses.asdict(agg.counters).items():
+      state.counters[k] = base.get(k, 0) + v
+
   theta_ref = ray.put(state.theta)
   pending = {w.compute.remote(theta_ref, state.step): i
              for i, w in enumerate(workers)}
@@ -179,9 +184,9 @@ def run(state: LearnerState, workers: list, opt: optax.GradientTransformation,
                      task_steps_per_s=metrics["task_steps"] / max(
                          now - t_last, 1e-9))
       t_last = now
-      for k, v in dataclasses.asdict(agg.counters).items():
-        state.counters[k] = base.get(k, 0) + v
+      sync_counters()
       on_step(state, metrics)
+  sync_counters()
   for ref in pending:
     ray.cancel(ref, force=False)
   return state

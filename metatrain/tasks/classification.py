@@ -1,4 +1,9 @@
-"""Classification on generated data: logistic regression and small MLPs."""
+"""2-class classification on generated data: logistic regression, small MLPs.
+
+Datasets (1000 samples) are generated in JAX from the instance key; the
+minibatch loss samples ``batch`` rows (with replacement) from the loss key.
+Both losses add the reference's small L2 penalty, so they have a minimum.
+"""
 
 from __future__ import annotations
 
@@ -6,107 +11,141 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from metatrain.tasks.base import FnTask, TaskConfig, TaskFamily
+from metatrain.tasks.base import (L2_SCALE, FnTask, TaskConfig, TaskFamily,
+                                  choice, l2_penalty, normal, normal_tree,
+                                  uniform)
 
 NUM_SAMPLES = 1000
+BATCH_SIZES = (20, 32, 50, 64, 100)
+TEACHER_DEPTH, TEACHER_WIDTH = 4, 20  # the random ReLU MLP labelling data
 
 
-def make_classification(key, n: int, dim: int, informative: int,
-                        flip: float = 0.01):
-  """Two Gaussian clusters per class on informative dims, like sklearn's."""
-  ky, kc, kx, kf, kr = jax.random.split(key, 5)
-  y = jax.random.bernoulli(ky, 0.5, (n,)).astype(jnp.float32)
-  centers = 2.0 * jax.random.normal(kc, (2, 2, informative))
-  cluster = jax.random.bernoulli(kr, 0.5, (n,)).astype(jnp.int32)
-  mean = centers[y.astype(jnp.int32), cluster]
-  x = jax.random.normal(kx, (n, dim))
-  x = x.at[:, :informative].add(mean)
-  flips = jax.random.bernoulli(kf, flip, (n,))
-  return x, jnp.where(flips, 1.0 - y, y)
+def make_classification(key, n: int, dim: int, sep: float = 1.0,
+                        clusters_per_class: int = 2, flip: float = 0.01):
+  """Like sklearn's ``make_classification`` with all features informative.
+
+  Each class is a mix of Gaussian clusters centred on random hypercube
+  vertices ``+-sep``, each cluster with its own random covariance
+  (``N(0, I) @ U(-1, 1)^{dim x dim}``); a fraction ``flip`` of the labels is
+  replaced by random ones.
+
+  Returns:
+    ``(x, y)`` with x of shape (n, dim), float32 labels y in {0, 1}.
+  """
+  k = 2 * clusters_per_class
+  if n % k:
+    raise ValueError(f"n={n} must be a multiple of {k} clusters")
+  ku, kx = jax.random.split(key)
+  # One uniform draw for everything but the features (fast to compile).
+  sizes = (k * dim * dim, k * dim, n, n)
+  u = jnp.split(uniform(ku, (sum(sizes),)), np.cumsum(sizes)[:-1].tolist())
+  mix = (2.0 * u[0] - 1.0).reshape(k, dim, dim)
+  signs = jnp.where(u[1] < 0.5, -1.0, 1.0).reshape(k, dim)
+  x = normal(kx, (k, n // k, dim)) @ mix + sep * signs[:, None]
+  y = jnp.repeat(jnp.arange(k) % 2, n // k).astype(jnp.float32)
+  y = jnp.where(u[2] < flip, (u[3] < 0.5).astype(jnp.float32), y)
+  return x.reshape(n, dim), y  # rows grouped by cluster; batches are random
 
 
-def _minibatch(key, batch):
+def _minibatch(key, batch: int):
   return jax.random.randint(key, (batch,), 0, NUM_SAMPLES)
 
 
-def _build_logistic(cfg: TaskConfig):
-  dim, batch, noise = cfg.get("dim"), cfg.get("batch"), cfg.get("noise", 0.0)
-  informative = max(2, dim // 5)
+def _xent(logits, y):
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y))
+
+
+def _build_logistic(cfg: TaskConfig) -> FnTask:
+  dim, batch, sep = cfg.get("dim"), cfg.get("batch"), cfg.get("sep", 1.0)
 
   def init(key):
     kd, kw = jax.random.split(key)
-    x, y = make_classification(kd, NUM_SAMPLES, dim, informative)
-    params = {"w": 0.01 * jax.random.normal(kw, (dim,)), "b": jnp.zeros(())}
+    x, y = make_classification(kd, NUM_SAMPLES, dim, sep)
+    params = {"w": 1.2 / math.sqrt(dim) * normal(kw, (dim,)),
+              "b": jnp.zeros(())}
     return params, {"x": x, "y": y}
 
-  def nll(p, x, y):
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(x @ p["w"] + p["b"],
-                                                       y))
-
-  def loss(p, d, key):
-    kb, kn = jax.random.split(key)
-    idx = _minibatch(kb, batch)
-    x = d["x"][idx] + noise * jax.random.normal(kn, (batch, dim))
-    return nll(p, x, d["y"][idx])
-
-  return FnTask(cfg, init, loss, lambda p, d: nll(p, d["x"], d["y"]))
-
-
-LOGISTIC = TaskFamily(
-    "logistic", "2-class logistic regression, 10-256 features, 1000 "
-    "generated samples, batch 20-100, maybe noisy inputs",
-    lambda rng: {"dim": int(rng.choice([10, 100, 200, 256])),
-                 "batch": int(rng.integers(20, 101)),
-                 "noise": float(rng.choice([0.0, 0.5]))},
-    _build_logistic)
-
-
-def _build_mlp(cfg: TaskConfig):
-  dim, hidden, batch = cfg.get("dim"), cfg.get("hidden"), cfg.get("batch")
-  act = jnp.tanh if cfg.get("act") == "tanh" else jax.nn.sigmoid
-  sizes = (dim,) + tuple(hidden) + (1,)
-
-  def forward(p, x):
-    for i in range(len(sizes) - 1):
-      x = x @ p[f"w{i}"] + p[f"b{i}"]
-      if i < len(sizes) - 2:
-        x = act(x)
-    return x[:, 0]
-
-  def init_params(key):
-    p = {}
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-      key, k = jax.random.split(key)
-      p[f"w{i}"] = jax.random.normal(k, (a, b)) / math.sqrt(a)
-      p[f"b{i}"] = jnp.zeros((b,))
-    return p
-
-  def init(key):
-    kx, kt, kp = jax.random.split(key, 3)
-    x = jax.random.normal(kx, (NUM_SAMPLES, dim))
-    teacher = jax.tree_util.tree_map(lambda w: 3.0 * w, init_params(kt))
-    logits = forward(teacher, x)
-    y = (logits > jnp.median(logits)).astype(jnp.float32)
-    return init_params(kp), {"x": x, "y": y}
-
-  def nll(p, x, y):
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(forward(p, x), y))
+  def objective(p, x, y):
+    return _xent(x @ p["w"] + p["b"], y) + L2_SCALE * l2_penalty(p)
 
   def loss(p, d, key):
     idx = _minibatch(key, batch)
-    return nll(p, d["x"][idx], d["y"][idx])
+    return objective(p, d["x"][idx], d["y"][idx])
 
-  return FnTask(cfg, init, loss, lambda p, d: nll(p, d["x"], d["y"]))
+  return FnTask(cfg, init, loss, lambda p, d: objective(p, d["x"], d["y"]),
+                grad_noise=cfg.get("noise", 0.0))
+
+
+LOGISTIC = TaskFamily(
+    "logistic", "2-class logistic regression, 10/100/200/256 features, 1000 "
+    "make_classification samples, batch 20-100, gradient noise 0-0.5",
+    lambda rng: {"dim": choice(rng, [10, 100, 200, 256]),
+                 "sep": choice(rng, [1.0, 1.5, 2.0]),
+                 "batch": choice(rng, BATCH_SIZES),
+                 "noise": choice(rng, [0.0, 0.0, 0.1, 0.5])},
+    _build_logistic)
+
+
+def _mlp(p, x, n_layers: int, act):
+  for i in range(n_layers):
+    x = x @ p[f"w{i}"] + p[f"b{i}"]
+    if i < n_layers - 1:
+      x = act(x)
+  return x
+
+
+def _teacher_labels(x, weights):
+  """Labels of a random ReLU MLP (like the reference's ``random_mlp``)."""
+  h = x
+  for w in weights:
+    h = jax.nn.relu(h @ w * math.sqrt(2 / w.shape[0]))
+  out = h[:, 0] + 1e-3 * jnp.sum(h, 1)  # break ReLU ties at 0
+  return (out > jnp.median(out)).astype(jnp.float32)  # balanced classes
+
+
+def _build_mlp(cfg: TaskConfig) -> FnTask:
+  dim, hidden, batch = cfg.get("dim"), cfg.get("hidden"), cfg.get("batch")
+  act = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}[cfg.get("act")]
+  sizes = (dim,) + tuple(hidden) + (1,)
+  n_layers = len(sizes) - 1
+  teacher = [(dim, TEACHER_WIDTH)] + [(TEACHER_WIDTH, TEACHER_WIDTH)] * (
+      TEACHER_DEPTH - 1)
+
+  def init(key):
+    shapes = {"x": (NUM_SAMPLES, dim)}
+    shapes.update({f"t{i}": s for i, s in enumerate(teacher)})
+    shapes.update({f"w{i}": (sizes[i], sizes[i + 1]) for i in range(n_layers)})
+    z = normal_tree(key, shapes)
+    params = {}
+    for i in range(n_layers):
+      params[f"w{i}"] = 1.2 / math.sqrt(sizes[i]) * z[f"w{i}"]
+      params[f"b{i}"] = jnp.zeros((sizes[i + 1],))
+    labels = _teacher_labels(z["x"], [z[f"t{i}"] for i in range(len(teacher))])
+    return params, {"x": z["x"], "y": labels}
+
+  def objective(p, x, y):
+    logits = _mlp(p, x, n_layers, act)[:, 0]
+    return _xent(logits, y) + L2_SCALE * l2_penalty(p)
+
+  def loss(p, d, key):
+    idx = _minibatch(key, batch)
+    return objective(p, d["x"][idx], d["y"][idx])
+
+  return FnTask(cfg, init, loss, lambda p, d: objective(p, d["x"], d["y"]))
+
+
+def _sample_mlp(rng):
+  depth = int(rng.integers(1, 4))
+  return {"dim": choice(rng, [5, 8, 12]),
+          "hidden": tuple(choice(rng, [4, 8, 16, 32]) for _ in range(depth)),
+          "act": choice(rng, ["sigmoid", "tanh"]),
+          "batch": choice(rng, BATCH_SIZES)}
 
 
 MLP = TaskFamily(
-    "mlp", "small sigmoid/tanh MLP on random-MLP (teacher) labels, 1000 "
-    "samples, batch 20-100",
-    lambda rng: {"dim": int(rng.choice([2, 5, 10])),
-                 "hidden": tuple(int(h) for h in rng.choice(
-                     [4, 8, 16], size=int(rng.integers(1, 3)))),
-                 "act": str(rng.choice(["sigmoid", "tanh"])),
-                 "batch": int(rng.integers(20, 101))},
-    _build_mlp)
+    "mlp", "sigmoid/tanh MLP (1-3 hidden layers of 4-32) on random ReLU-MLP "
+    "labels, 5-12 features, 1000 samples, batch 20-100",
+    _sample_mlp, _build_mlp)

@@ -1,4 +1,4 @@
-"""Quadratic problems: noisy quadratics, large ill-conditioned ones, 2-D bowls."""
+"""Quadratic problems: noisy quadratics, large rotated ones, 2-D bowls."""
 
 from __future__ import annotations
 
@@ -8,81 +8,110 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metatrain.tasks.base import FnTask, TaskConfig, TaskFamily
+from metatrain.tasks.base import (FnTask, TaskConfig, TaskFamily, choice,
+                                  normal, normal_tree, uniform)
 
 
-def _build_quadratic(cfg: TaskConfig):
+def _build_quadratic(cfg: TaskConfig) -> FnTask:
+  """``0.5 ||W x - y||^2``; the noisy loss perturbs the targets y."""
   dim, noise = cfg.get("dim"), cfg.get("noise", 0.0)
 
   def init(key):
-    kw, ky, kx = jax.random.split(key, 3)
-    w = jax.random.normal(kw, (dim, dim)) / math.sqrt(dim)
-    y = jax.random.normal(ky, (dim,))
-    return {"x": jax.random.normal(kx, (dim,))}, {"w": w, "y": y}
+    z = normal_tree(key, {"w": (dim, dim), "y": (dim,), "x": (dim,)})
+    return {"x": z["x"]}, {"w": z["w"] / math.sqrt(dim), "y": z["y"]}
 
-  def loss(p, d, key):
-    y = d["y"] + noise * jax.random.normal(key, d["y"].shape)
+  def f(p, d, y):
     return 0.5 * jnp.sum((d["w"] @ p["x"] - y) ** 2)
 
-  def full(p, d):
-    return 0.5 * jnp.sum((d["w"] @ p["x"] - d["y"]) ** 2)
+  def loss(p, d, key):
+    if not noise:
+      return f(p, d, d["y"])
+    return f(p, d, d["y"] + noise * normal(key, (dim,)))
 
-  return FnTask(cfg, init, loss, full)
+  return FnTask(cfg, init, loss, lambda p, d: f(p, d, d["y"]))
 
 
 QUADRATIC = TaskFamily(
-    "quadratic", "noisy quadratic 0.5||Wx - y||^2, dims 20-100, noise 0-2",
-    lambda rng: {"dim": int(rng.choice([20, 25, 50, 100])),
-                 "noise": float(rng.choice([0.0, 0.0, rng.uniform(0, 2)]))},
+    "quadratic", "0.5||Wx - y||^2, W Gaussian, dims 20/25/50/100, target "
+    "noise stdev 0-2",
+    lambda rng: {"dim": choice(rng, [20, 25, 50, 100]),
+                 "noise": choice(rng, [0.0, 0.0, 0.5, 1.0, 2.0])},
     _build_quadratic)
 
 
-def _build_large(cfg: TaskConfig):
-  """Diagonal in a random basis would cost dim^2; the eigenbasis is enough."""
+def _factor(dim: int) -> tuple[int, int]:
+  """``dim = a * b`` with a the largest divisor <= sqrt(dim)."""
+  a = max(d for d in range(1, math.isqrt(dim) + 1) if dim % d == 0)
+  return a, dim // a
+
+
+def _orthogonalize(g: jax.Array) -> jax.Array:
+  """A Haar-random orthogonal matrix from a Gaussian one."""
+  q, r = jnp.linalg.qr(g)
+  return q * jnp.sign(jnp.diagonal(r))[None, :]
+
+
+def _build_large(cfg: TaskConfig) -> FnTask:
+  """``0.5 (x - x*)^T Q^T S Q (x - x*)`` with a dense but cheap rotation.
+
+  ``Q = Q_a kron Q_b`` (two random rotations of sizes a, b with a * b = dim)
+  is a full rotation, applied in O(dim (a + b)) and stored in O(a^2 + b^2),
+  so 2048-D instances are cheap; the spectrum S spans ``10^-log10_cond..1``.
+  """
   dim, cond = cfg.get("dim"), cfg.get("log10_cond")
+  a, b = _factor(dim)
 
   def init(key):
-    ks, ky, kx = jax.random.split(key, 3)
-    u = jax.random.uniform(ks, (dim,))
-    return ({"x": jax.random.normal(kx, (dim,))},
-            {"s": 10.0 ** (-cond * u), "y": jax.random.normal(ky, (dim,))})
+    ks, kz = jax.random.split(key)
+    z = normal_tree(kz, {"qa": (a, a), "qb": (b, b), "opt": (dim,),
+                         "x": (dim,)})
+    data = {"s": 10.0 ** (-cond * uniform(ks, (dim,))),
+            "qa": _orthogonalize(z["qa"]), "qb": _orthogonalize(z["qb"]),
+            "opt": z["opt"]}
+    return {"x": z["x"]}, data
 
   def loss(p, d, key):
     del key
-    return 0.5 * jnp.sum(d["s"] * (p["x"] - d["y"]) ** 2)
+    z = d["qa"] @ (p["x"] - d["opt"]).reshape(a, b) @ d["qb"].T
+    return 0.5 * jnp.sum(d["s"] * z.reshape(dim) ** 2)
 
   return FnTask(cfg, init, loss)
 
 
 LARGE_QUADRATIC = TaskFamily(
-    "large_quadratic", "large ill-conditioned quadratic, dims 784/1024/2048",
-    lambda rng: {"dim": int(rng.choice([784, 1024, 2048])),
-                 "log10_cond": float(rng.uniform(1, 4))},
+    "large_quadratic", "rotated ill-conditioned quadratic, dims "
+    "784/1024/2048, condition 10-10^4",
+    lambda rng: {"dim": choice(rng, [784, 1024, 2048]),
+                 "log10_cond": choice(rng, [1.0, 2.0, 3.0, 4.0])},
     _build_large)
 
 
-def _build_bowl(cfg: TaskConfig):
-  cond, angle, noise = cfg.get("cond"), cfg.get("angle"), cfg.get("noise")
+def _build_bowl(cfg: TaskConfig) -> FnTask:
+  """``0.5 (c z1^2 + z2^2)`` with ``z = R(angle) x``; noise on the gradient."""
+  cond, angle = cfg.get("cond"), cfg.get("angle", 0.0)
   c, s = math.cos(angle), math.sin(angle)
-  rot = np.array([[c, -s], [s, c]], np.float32)  # numpy: builders are cached
+  # numpy constants: jnp arrays made here would leak tracers (builds cached).
+  rot = np.array([[c, -s], [s, c]], np.float32)
+  h = np.array([cond, 1.0], np.float32)
 
   def init(key):
-    return {"x": jax.random.uniform(key, (2,), minval=-3, maxval=3)}, {}
-
-  def f(x, shift):
-    z = rot @ x - shift
-    return 0.5 * (cond * z[0] ** 2 + z[1] ** 2)
+    return {"x": uniform(key, (2,), minval=-3, maxval=3)}, {}
 
   def loss(p, d, key):
-    del d
-    return f(p["x"], noise * jax.random.normal(key, (2,)))
+    del d, key
+    z = rot @ p["x"]
+    return 0.5 * jnp.sum(h * z * z)
 
-  return FnTask(cfg, init, loss, lambda p, d: f(p["x"], jnp.zeros(2)))
+  return FnTask(cfg, init, loss, grad_noise=cfg.get("noise", 0.0))
+
+
+def _sample_bowl(rng):
+  cond = choice(rng, [0.1, 1.0, 5.0])
+  angle = choice(rng, [0.0, math.pi / 4]) if cond != 1.0 else 0.0
+  return {"cond": cond, "angle": angle,
+          "noise": choice(rng, [0.0, 0.0, 0.1, 0.5])}
 
 
 BOWL = TaskFamily(
-    "bowl", "2-D bowl 0.5(c z1^2 + z2^2), c in {0.1,1,5}, maybe rotated/noisy",
-    lambda rng: {"cond": float(rng.choice([0.1, 1.0, 5.0])),
-                 "angle": float(rng.choice([0.0, np.pi / 4])),
-                 "noise": float(rng.choice([0.0, 1.0]))},
-    _build_bowl)
+    "bowl", "2-D bowl 0.5(c z1^2 + z2^2), c in {0.1,1,5}, maybe rotated by "
+    "pi/4, gradient noise 0/0.1/0.5", _sample_bowl, _build_bowl)

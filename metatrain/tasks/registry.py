@@ -18,7 +18,10 @@ FAMILIES: dict[str, TaskFamily] = {
 
 @functools.lru_cache(maxsize=None)
 def build_task(config: TaskConfig) -> Task:
-  """Builds a task from its config, applying its transforms in order."""
+  """Builds a task from its config, applying its transforms in order.
+
+  Cached by config, so jitted code keyed on the (static) config reuses it.
+  """
   if config.family not in FAMILIES:
     raise ValueError(f"unknown task family {config.family!r}; known: "
                      f"{', '.join(sorted(FAMILIES))}")
@@ -27,7 +30,7 @@ def build_task(config: TaskConfig) -> Task:
     if name not in TRANSFORMS:
       raise ValueError(f"unknown task transform {name!r}; known: "
                        f"{', '.join(TRANSFORMS)}")
-    task = TRANSFORMS[name][0](task, config, **dict(settings))
+    task = TRANSFORMS[name](task, config, **dict(settings))
   return task
 
 

@@ -1,21 +1,28 @@
 """Problem transforms that wrap a Task, and the sum of two tasks.
 
-Loss transforms (``rescale``, ``log_objective``) map both the loss and its
-gradient by the chain rule, so they compose with gradient transforms
-(``gradient_noise``, ``sparse``), which alter only the gradients.
+Loss transforms (``rescale``, ``log_objective``) map the loss and, by the
+chain rule, the wrapped task's (possibly altered) gradient, so they compose
+with the gradient transforms (``gradient_noise``, ``sparse``), which leave
+the loss unchanged and alter only the gradients.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from metatrain.tasks.base import Task, TaskConfig, TaskFamily
+from metatrain.tasks.base import (Task, TaskConfig, TaskFamily,
+                                  add_gradient_noise, choice, log_uniform,
+                                  tree_random_like)
 
 
-class _Wrapped(Task):
+class Wrapped(Task):
+  """A task that delegates everything to ``base``."""
+
   def __init__(self, base: Task, config: TaskConfig):
     self.base, self.config = base, config
 
@@ -32,53 +39,51 @@ class _Wrapped(Task):
     return self.base.loss_and_grad(params, data, key)
 
 
-class GradientNoise(_Wrapped):
+class GradientNoise(Wrapped):
   """Adds ``stdev * N(0, 1)`` to every gradient entry; the loss is unchanged."""
 
-  def __init__(self, base, config, stdev: float):
+  def __init__(self, base: Task, config: TaskConfig, stdev: float):
     super().__init__(base, config)
-    self.stdev = stdev
+    self.stdev = float(stdev)
 
   def loss_and_grad(self, params, data, key):
     k_base, k_noise = jax.random.split(key)
     loss, grads = self.base.loss_and_grad(params, data, k_base)
-    leaves, treedef = jax.tree_util.tree_flatten(grads)
-    keys = jax.random.split(k_noise, len(leaves))
-    noisy = [g + self.stdev * jax.random.normal(k, g.shape, g.dtype)
-             for g, k in zip(leaves, keys)]
-    return loss, jax.tree_util.tree_unflatten(treedef, noisy)
+    return loss, add_gradient_noise(grads, k_noise, self.stdev)
 
 
-class Sparse(_Wrapped):
+class Sparse(Wrapped):
   """Zeroes each gradient entry with probability ``p`` (new mask each step)."""
 
-  def __init__(self, base, config, p: float):
+  def __init__(self, base: Task, config: TaskConfig, p: float = 0.99):
     super().__init__(base, config)
-    self.p = p
+    self.p = float(p)
 
   def loss_and_grad(self, params, data, key):
     k_base, k_mask = jax.random.split(key)
     loss, grads = self.base.loss_and_grad(params, data, k_base)
-    leaves, treedef = jax.tree_util.tree_flatten(grads)
-    keys = jax.random.split(k_mask, len(leaves))
-    masked = [jnp.where(jax.random.bernoulli(k, 1.0 - self.p, g.shape), g, 0.)
-              for g, k in zip(leaves, keys)]
-    return loss, jax.tree_util.tree_unflatten(treedef, masked)
+    u = tree_random_like(k_mask, grads, "uniform")
+    return loss, jax.tree_util.tree_map(
+        lambda g, r: jnp.where(r < self.p, jnp.zeros_like(g), g), grads, u)
 
 
-class Rescale(_Wrapped):
-  """The optimizer sees ``q = p / scale``; the task is evaluated at p."""
+class Rescale(Wrapped):
+  """The optimizer sees ``q = scale * p``; the task is evaluated at q / scale.
 
-  def __init__(self, base, config, scale: float):
+  As in the reference: with scale 1000 the parameters look 1000x larger and
+  the gradients 1000x smaller than the base task's.
+  """
+
+  def __init__(self, base: Task, config: TaskConfig, scale: float):
     super().__init__(base, config)
-    self.scale = scale
+    self.scale = float(scale)
 
   def _to_base(self, params):
-    return jax.tree_util.tree_map(lambda q: q * self.scale, params)
+    return jax.tree_util.tree_map(lambda q: q / self.scale, params)
 
   def init(self, key):
     params, data = self.base.init(key)
-    return jax.tree_util.tree_map(lambda p: p / self.scale, params), data
+    return jax.tree_util.tree_map(lambda p: p * self.scale, params), data
 
   def loss(self, params, data, key):
     return self.base.loss(self._to_base(params), data, key)
@@ -88,10 +93,10 @@ class Rescale(_Wrapped):
 
   def loss_and_grad(self, params, data, key):
     loss, g = self.base.loss_and_grad(self._to_base(params), data, key)
-    return loss, jax.tree_util.tree_map(lambda x: x * self.scale, g)
+    return loss, jax.tree_util.tree_map(lambda x: x / self.scale, g)
 
 
-class LogObjective(_Wrapped):
+class LogObjective(Wrapped):
   """``log(1 + loss)``: non-negative, and compresses huge loss ranges."""
 
   def loss(self, params, data, key):
@@ -106,21 +111,46 @@ class LogObjective(_Wrapped):
                                                    g)
 
 
-# name -> (constructor(base, config, **settings), settings sampler)
-TRANSFORMS: dict[str, tuple[Callable[..., Task], Callable[[Any], dict]]] = {
-    "gradient_noise": (GradientNoise, lambda rng: {
-        "stdev": float(10 ** rng.uniform(-2, 0))}),
-    "rescale": (Rescale, lambda rng: {"scale": float(10 ** rng.uniform(-1, 3))}),
-    "sparse": (Sparse, lambda rng: {"p": 0.99}),
-    "log_objective": (lambda base, config: LogObjective(base, config),
-                      lambda rng: {}),
-}
-# Loss transforms go first so that gradient transforms act on final grads.
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  """A registered transform.
+
+  Attributes:
+    name: registry name.
+    description: one line for ``lopt tasks``.
+    wrap: ``(base_task, config, **settings) -> Task``.
+    sample: ``rng -> dict`` of static settings.
+  """
+
+  name: str
+  description: str
+  wrap: Callable[..., Task]
+  sample: Callable[[np.random.Generator], dict[str, Any]]
+
+  def __call__(self, base: Task, config: TaskConfig, **settings) -> Task:
+    return self.wrap(base, config, **settings)
+
+
+TRANSFORMS: dict[str, Transform] = {t.name: t for t in (
+    Transform("rescale", "optimizer sees params * scale, scale log-uniform "
+              "in [0.1, 1000]", Rescale,
+              lambda rng: {"scale": log_uniform(rng, 0.1, 1000.0)}),
+    Transform("log_objective", "loss -> log(1 + loss)",
+              LogObjective, lambda rng: {}),
+    Transform("gradient_noise", "adds N(0, stdev^2) to gradients, stdev "
+              "log-uniform in [0.01, 1]", GradientNoise,
+              lambda rng: {"stdev": log_uniform(rng, 0.01, 1.0)}),
+    Transform("sparse", "zeroes each gradient entry with p=0.99 (tasks with "
+              ">= 20 params)", Sparse,
+              lambda rng: {"p": 0.99}),
+)}
+# Sampled transforms are applied in this order: loss transforms first, so
+# that the gradient transforms act on the final gradients.
 ORDER = ("rescale", "log_objective", "gradient_noise", "sparse")
 
 
 class SumTask(Task):
-  """The sum of two tasks' losses; params are {"a": ..., "b": ...}."""
+  """The sum of two tasks' losses; params and data are ``{"a", "b"}``."""
 
   def __init__(self, config: TaskConfig, a: Task, b: Task):
     self.config, self.a, self.b = config, a, b
@@ -149,16 +179,25 @@ class SumTask(Task):
 
 def make_sum_family(parts: dict[str, TaskFamily],
                     build: Callable[[TaskConfig], Task]) -> TaskFamily:
+  """The ``sum`` family: two sub-tasks sampled from ``parts``.
+
+  Quadratic parts get small dims (3-13), as in the reference's sum problems.
+  """
   names = sorted(parts)
 
+  def sample_part(rng):
+    cfg = parts[choice(rng, names)].sample(rng)
+    if cfg.family == "quadratic":
+      cfg = TaskConfig("quadratic", (("dim", int(rng.integers(3, 14))),
+                                     ("noise", cfg.get("noise", 0.0))))
+    return cfg
+
   def sample(rng):
-    a, b = (parts[names[i]].sample(rng)
-            for i in rng.integers(0, len(names), 2))
-    return {"parts": (a, b)}
+    return {"parts": (sample_part(rng), sample_part(rng))}
 
   def build_sum(cfg: TaskConfig):
     a, b = cfg.get("parts")
     return SumTask(cfg, build(a), build(b))
 
-  return TaskFamily("sum", "sum of two tasks from: " + ", ".join(names),
-                    sample, build_sum)
+  return TaskFamily("sum", "sum of the losses of two tasks from: " +
+                    ", ".join(names), sample, build_sum)
