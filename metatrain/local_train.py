@@ -33,6 +33,22 @@ def meta_optimizer(cfg: MetaOptConfig) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
+# XLA:CPU keeps every compiled program (and its executable memory maps) for
+# the life of the process; a long run that keeps resampling task configs
+# eventually fails to compile ("Cannot allocate memory"). Bound the number
+# of distinct unroll programs per process and drop JAX's caches beyond it.
+MAX_PROGRAMS = 48
+_programs: set = set()
+
+
+def _note_program(key) -> None:
+  if key not in _programs:
+    if len(_programs) >= MAX_PROGRAMS:
+      jax.clear_caches()
+      _programs.clear()
+    _programs.add(key)
+
+
 @dataclasses.dataclass
 class TaskGroup:
   """N vmapped copies of one task config and their carried unroll states."""
@@ -56,10 +72,11 @@ class TaskGroup:
     length = unroll.sample_length(rng, cfg.unroll)
     keys = jax.random.split(jax.random.PRNGKey(int(rng.integers(2**31))),
                             cfg.unroll.tasks_per_group)
+    scan_len = unroll.bucket(length, cfg.unroll)
+    _note_program((self.config, scan_len, cfg.unroll, cfg.hrnn))
     grad, self.states, metrics = unroll.group_meta_grad(
         theta, self.states, keys, length, task_config=self.config,
-        hcfg=cfg.hrnn, ucfg=cfg.unroll,
-        scan_len=unroll.bucket(length, cfg.unroll))
+        hcfg=cfg.hrnn, ucfg=cfg.unroll, scan_len=scan_len)
     self.age += 1
     return grad, metrics, length * cfg.unroll.tasks_per_group
 
