@@ -37,7 +37,7 @@ def meta_optimizer(cfg: MetaOptConfig) -> optax.GradientTransformation:
 # the life of the process; a long run that keeps resampling task configs
 # eventually fails to compile ("Cannot allocate memory"). Bound the number
 # of distinct unroll programs per process and drop JAX's caches beyond it.
-MAX_PROGRAMS = 48
+MAX_PROGRAMS = 16  # ~1,100 memory maps each; vm.max_map_count is 65,530
 _programs: set = set()
 
 
