@@ -16,10 +16,10 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metatrain.local_train import make_apply
 from metatrain.worker import MetaGrad
 
 _DEDUP_WINDOW = 4096  # per-worker seqs remembered for duplicate detection
@@ -98,20 +98,6 @@ class GradientAggregator:
             "task_steps_per_s", 0.0) for mg, _ in batch},
     }
     return mean, metrics
-
-
-def make_apply(opt: optax.GradientTransformation):
-  """Jitted meta-update that refuses non-finite results."""
-
-  @jax.jit
-  def apply(theta, opt_state, grad):
-    updates, new_opt_state = opt.update(grad, opt_state, theta)
-    new_theta = optax.apply_updates(theta, updates)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
-                                jax.tree_util.tree_leaves(new_theta)]))
-    return new_theta, new_opt_state, finite, optax.tree.norm(grad)
-
-  return apply
 
 
 @dataclasses.dataclass

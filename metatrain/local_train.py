@@ -49,6 +49,21 @@ def _note_program(key) -> None:
     _programs.add(key)
 
 
+def make_apply(opt: optax.GradientTransformation):
+  """Jitted meta-update: (theta, opt_state, grad) -> (theta', state', finite,
+  grad norm). Callers keep the old theta when ``finite`` is False."""
+
+  @jax.jit
+  def apply(theta, opt_state, grad):
+    updates, new_opt_state = opt.update(grad, opt_state, theta)
+    new_theta = optax.apply_updates(theta, updates)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
+                                jax.tree_util.tree_leaves(new_theta)]))
+    return new_theta, new_opt_state, finite, optax.tree.norm(grad)
+
+  return apply
+
+
 @dataclasses.dataclass
 class TaskGroup:
   """N vmapped copies of one task config and their carried unroll states."""
@@ -117,15 +132,7 @@ class MetaTrainer:
                      "skipped_updates": 0, "task_steps": 0}
     self.groups = [TaskGroup.sample(self.rng, self.ensemble, cfg, self.theta)
                    for _ in range(cfg.tasks.num_groups)]
-    self._apply = jax.jit(self._apply_impl)
-
-  def _apply_impl(self, theta, opt_state, grad):
-    updates, new_opt_state = self.opt.update(grad, opt_state, theta)
-    new_theta = optax.apply_updates(theta, updates)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
-                                jax.tree_util.tree_leaves(new_theta)]))
-    gnorm = optax.tree.norm(grad)
-    return new_theta, new_opt_state, finite, gnorm
+    self._apply = make_apply(self.opt)
 
   def meta_step(self) -> dict[str, float]:
     """Computes every group's meta-gradient and applies one update."""
