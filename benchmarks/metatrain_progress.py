@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from metatrain import config as config_lib  # noqa: E402
-from metatrain import evaluation, local_train, tasks  # noqa: E402
+from metatrain import evaluation, local_train, programs, tasks  # noqa: E402
 
 
 def holdout_table(theta, cfg, holdout, seeds, steps):
@@ -50,6 +51,9 @@ def main() -> None:
   ap.add_argument("--holdout", type=int, default=12)
   ap.add_argument("--seeds", type=int, default=4)
   ap.add_argument("--inner-steps", type=int, default=200)
+  ap.add_argument("--stall-seconds", type=float, default=600.0,
+                  help="abort, naming the running group, when one meta-step "
+                       "takes longer than this")
   args = ap.parse_args()
   cfg = config_lib.load(args.config, args.set)
   holdout = tasks.holdout_configs(
@@ -65,9 +69,23 @@ def main() -> None:
         flush=True)
   budget = args.minutes * 60
   t0 = time.time()
+  last = [time.time()]
+
+  def stall_watchdog():
+    while True:
+      time.sleep(5)
+      if time.time() - last[0] > args.stall_seconds:
+        print(f"STALLED: meta-step {trainer.step + 1} has run "
+              f"{time.time() - last[0]:.0f}s on group (index, config, age) "
+              f"{trainer.running}; compiled programs {programs.stats()}",
+              flush=True)
+        os._exit(3)
+
+  threading.Thread(target=stall_watchdog, daemon=True).start()
   ema = None
   while time.time() - t0 < budget:
     m = trainer.meta_step()
+    last[0] = time.time()
     if np.isfinite(m["meta_loss"]):
       ema = m["meta_loss"] if ema is None else 0.95 * ema + 0.05 * m[
           "meta_loss"]
@@ -75,13 +93,15 @@ def main() -> None:
       print(local_train.format_progress(dict(m, meta_loss=ema or 0.0),
                                         trainer.counters, 0) +
             f"  elapsed {time.time() - t0:.0f}s", flush=True)
+  last[0] = float("inf")  # training is over: stop the stall watchdog
   steps, dt = trainer.step, time.time() - t0
   obj1, fin1 = holdout_table(trainer.theta, cfg, holdout, args.seeds,
                              args.inner_steps)
   print(f"\nmeta-trained {steps} meta-steps in {dt / 60:.1f} min "
         f"({trainer.counters['task_steps']:,} inner task-steps, nonfinite "
         f"{trainer.counters['num_nonfinite']}, diverged "
-        f"{trainer.counters['num_diverged']})")
+        f"{trainer.counters['num_diverged']}; compiled-program stats "
+        f"{programs.stats()})")
   print(f"held-out meta-objective: init {obj0.mean():+.4f} -> trained "
         f"{obj1.mean():+.4f} (lower is better; improved on "
         f"{int(np.sum(obj1 < obj0))}/{len(holdout)} tasks)")

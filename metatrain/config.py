@@ -96,6 +96,8 @@ class TrainConfig:
   steps: int = 1000  # meta-steps
   log_every: int = 10
   eval_every: int = 0  # meta-steps between held-out evaluations; 0 = off
+  # Compiled programs are kept on disk here so recompiles are fast; "" = off.
+  compile_cache_dir: str = "~/.cache/lopt/jax"
 
 
 PRESETS: dict[str, dict[str, Any]] = {

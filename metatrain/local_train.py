@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metatrain import hrnn, tasks, unroll
+from metatrain import hrnn, programs, tasks, unroll
 from metatrain.config import MetaOptConfig, TrainConfig
 
 
@@ -31,22 +31,6 @@ def meta_optimizer(cfg: MetaOptConfig) -> optax.GradientTransformation:
   else:
     parts.append(optax.adam(cfg.learning_rate))
   return optax.chain(*parts)
-
-
-# XLA:CPU keeps every compiled program (and its executable memory maps) for
-# the life of the process; a long run that keeps resampling task configs
-# eventually fails to compile ("Cannot allocate memory"). Bound the number
-# of distinct unroll programs per process and drop JAX's caches beyond it.
-MAX_PROGRAMS = 16  # ~1,100 memory maps each; vm.max_map_count is 65,530
-_programs: set = set()
-
-
-def _note_program(key) -> None:
-  if key not in _programs:
-    if len(_programs) >= MAX_PROGRAMS:
-      jax.clear_caches()
-      _programs.clear()
-    _programs.add(key)
 
 
 def make_apply(opt: optax.GradientTransformation):
@@ -77,6 +61,7 @@ class TaskGroup:
              cfg: TrainConfig, theta) -> "TaskGroup":
     tc = ensemble.sample(rng)
     key = jax.random.PRNGKey(int(rng.integers(2**31)))
+    programs.note(("init", tc, cfg.unroll, cfg.hrnn))
     states = unroll.init_group_states(
         theta, key, task_config=tc, hcfg=cfg.hrnn, ucfg=cfg.unroll,
         num_tasks=cfg.unroll.tasks_per_group)
@@ -88,7 +73,7 @@ class TaskGroup:
     keys = jax.random.split(jax.random.PRNGKey(int(rng.integers(2**31))),
                             cfg.unroll.tasks_per_group)
     scan_len = unroll.bucket(length, cfg.unroll)
-    _note_program((self.config, scan_len, cfg.unroll, cfg.hrnn))
+    programs.note(("grad", self.config, scan_len, cfg.unroll, cfg.hrnn))
     grad, self.states, metrics = unroll.group_meta_grad(
         theta, self.states, keys, length, task_config=self.config,
         hcfg=cfg.hrnn, ucfg=cfg.unroll, scan_len=scan_len)
@@ -120,6 +105,7 @@ class MetaTrainer:
 
   def __init__(self, cfg: TrainConfig, theta=None):
     self.cfg = cfg
+    programs.enable_persistent_cache(cfg.compile_cache_dir)
     self.rng = np.random.default_rng(cfg.seed)
     self.ensemble = tasks.ensemble_for(cfg.tasks.include_mlps,
                                       cfg.tasks.families)
@@ -133,6 +119,7 @@ class MetaTrainer:
     self.groups = [TaskGroup.sample(self.rng, self.ensemble, cfg, self.theta)
                    for _ in range(cfg.tasks.num_groups)]
     self._apply = make_apply(self.opt)
+    self.running: tuple | None = None
 
   def meta_step(self) -> dict[str, float]:
     """Computes every group's meta-gradient and applies one update."""
@@ -142,6 +129,7 @@ class MetaTrainer:
       if g.age >= self.cfg.tasks.resample_every:
         self.groups[i] = g = TaskGroup.sample(self.rng, self.ensemble,
                                               self.cfg, self.theta)
+      self.running = (i, g.config.name, g.age)  # for stall diagnostics
       grad, metrics, n = g.meta_grad(self.theta, self.rng, self.cfg)
       results.append((grad, metrics))
       task_steps += n

@@ -94,8 +94,27 @@ def bucket(length: int, cfg: UnrollConfig) -> int:
   return int(min(b, cfg.max_steps))
 
 
+def init_key(task_key):
+  """The key a task instance's params and data are drawn from."""
+  return jax.random.split(task_key, 3)[0]
+
+
+def steps_key(run_key):
+  """The key a truncation's per-step minibatch keys are folded from."""
+  return jax.random.split(run_key)[1]
+
+
+def problem_keys(key, num_tasks: int):
+  """(task keys, run keys) of ``evaluate``: shared by every evaluator, so
+  all optimizers see the same problem instances and minibatches."""
+  k_init, k_run = jax.random.split(key)
+  return (jax.random.split(k_init, num_tasks),
+          jax.random.split(k_run, num_tasks))
+
+
 def _fresh_task(task, hcfg, theta, key, ucfg):
-  k_init, k_opt, k_len = jax.random.split(key, 3)
+  _, k_opt, k_len = jax.random.split(key, 3)
+  k_init = init_key(key)
   params, data = task.init(k_init)
   return TaskUnrollState(
       params=params, data=data,
@@ -114,14 +133,13 @@ def _truncation(theta, state: TaskUnrollState, key, length, *, task, hcfg,
                 ucfg, scan_len):
   """Runs one truncation for one task; returns (meta_loss, aux)."""
   # Reset used-up or diverged tasks first, in jit, with the same shapes.
-  k_reset, k_steps = jax.random.split(key)
+  k_steps = steps_key(key)
   need_reset = state.truncs_left <= 0
   fresh = _fresh_task(task, hcfg, theta, jax.random.fold_in(state.seed,
                                                             state.step + 1),
                       ucfg)
   state = jax.lax.stop_gradient(state)
   state = _tree_where(need_reset, fresh, state)
-  del k_reset
 
   def body(carry, t):
     params, opt_state, diverged = carry
@@ -226,11 +244,11 @@ def evaluate(theta, key, *, task_config: TaskConfig, hcfg: HRNNConfig,
   ucfg = UnrollConfig(tasks_per_group=num_tasks, truncations_mean=0.0,
                       min_steps=1, max_steps=max(steps, 1))
   task = build_task(task_config)
-  k_init, k_run = jax.random.split(key)
+  task_keys, run_keys = problem_keys(key, num_tasks)
   states = jax.vmap(lambda k: _fresh_task(task, hcfg, theta, k, ucfg))(
-      jax.random.split(k_init, num_tasks))
+      task_keys)
   fn = functools.partial(_truncation, task=task, hcfg=hcfg, ucfg=ucfg,
                          scan_len=steps)
   losses, aux = jax.vmap(fn, in_axes=(None, 0, 0, None))(
-      theta, states, jax.random.split(k_run, num_tasks), steps)
+      theta, states, run_keys, steps)
   return losses, aux["final_loss"]

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from metatrain import config as config_lib
-from metatrain import local_train, tasks
+from metatrain import local_train, programs, tasks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,7 @@ class UnrollWorker:
   def __init__(self, worker_id: int, train_config: dict, seed: int):
     self.worker_id = worker_id
     self.cfg = config_lib.from_dict(config_lib.TrainConfig, train_config)
+    programs.enable_persistent_cache(self.cfg.compile_cache_dir)
     self.rng = np.random.default_rng([seed, worker_id])
     self.ensemble = tasks.ensemble_for(self.cfg.tasks.include_mlps,
                                        self.cfg.tasks.families)
@@ -59,11 +60,14 @@ class UnrollWorker:
     # re-runs __init__), so each incarnation starts from its start time.
     self.seq = (time.time_ns() // 1_000_000) << 20
 
+  def _new_group(self, i: int, theta) -> local_train.TaskGroup:
+    dev = self.devices[i % len(self.devices)]
+    return local_train.TaskGroup.sample(self.rng, self.ensemble, self.cfg,
+                                        jax.device_put(theta, dev))
+
   def _ensure_groups(self, theta) -> None:
     for i in range(len(self.groups), self.cfg.tasks.num_groups):
-      dev = self.devices[i % len(self.devices)]
-      self.groups.append(local_train.TaskGroup.sample(
-          self.rng, self.ensemble, self.cfg, jax.device_put(theta, dev)))
+      self.groups.append(self._new_group(i, theta))
 
   def compute(self, theta, theta_step: int) -> MetaGrad:
     """Runs K truncations on every group with ``theta``."""
@@ -73,9 +77,7 @@ class UnrollWorker:
     for _ in range(self.cfg.worker.truncations_per_call):
       for i, g in enumerate(self.groups):
         if g.age >= self.cfg.tasks.resample_every:
-          dev = self.devices[i % len(self.devices)]
-          self.groups[i] = g = local_train.TaskGroup.sample(
-              self.rng, self.ensemble, self.cfg, jax.device_put(theta, dev))
+          self.groups[i] = g = self._new_group(i, theta)
         th = jax.device_put(theta, self.devices[i % len(self.devices)])
         t_g = time.perf_counter()
         first = g.age == 0

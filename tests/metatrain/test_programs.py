@@ -1,0 +1,86 @@
+"""The compiled-program bound and the on-disk compile cache."""
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+
+from metatrain import programs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+
+def _compile_many(n, offset):
+  for i in range(n):
+    f = jax.jit(lambda x, i=i: jnp.tanh(x @ x.T + i).sum())
+    f(jnp.ones((4 + offset + i, 3))).block_until_ready()
+
+
+def test_map_count_and_limit_are_read_on_linux():
+  assert programs.map_count() > 10
+  assert programs.map_limit() > 1000
+
+
+def test_clear_unmaps_compiled_programs():
+  programs.clear()
+  gc.collect()
+  before = programs.map_count()
+  _compile_many(40, 0)
+  grown = programs.map_count()
+  assert grown > before + 100  # each executable costs memory maps
+  programs.clear()
+  gc.collect()
+  assert programs.map_count() < grown - 100
+
+
+def test_note_clears_only_for_new_keys_over_budget(monkeypatch):
+  programs.clear()
+  clears = programs.stats()["clears"]
+  assert not programs.note("a")
+  assert not programs.note("a")
+  monkeypatch.setattr(programs, "MAP_FRACTION", 1e-9)  # always over budget
+  assert not programs.note("a")  # already live: no clear
+  assert programs.note("b")
+  assert programs.stats()["clears"] == clears + 1
+  assert programs.stats()["live"] == 1
+
+
+def test_note_falls_back_to_a_program_count(monkeypatch):
+  programs.clear()
+  monkeypatch.setattr(programs, "map_count", lambda: None)
+  monkeypatch.setattr(programs, "MAX_PROGRAMS", 3)
+  assert [programs.note(k) for k in "abcd"] == [False, False, False, True]
+
+
+def test_persistent_cache_writes_and_reloads(tmp_path):
+  code = textwrap.dedent(f"""
+      import sys, time
+      sys.path.insert(0, {ROOT!r})
+      import jax, jax.numpy as jnp
+      from metatrain import programs
+      events = []
+      jax.monitoring.register_event_listener(lambda e, **kw: events.append(e))
+      assert programs.enable_persistent_cache({str(tmp_path / "c")!r})
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+      f = jax.jit(lambda x: jnp.sin(x) * 3 + 1)
+      print(float(f(jnp.float32(2.0))),
+            any("cache_hits" in e for e in events))
+  """)
+  out = [subprocess.run([sys.executable, "-c", code], capture_output=True,
+                        text=True, check=True).stdout for _ in range(2)]
+  assert out[0].split()[0] == out[1].split()[0]
+  assert out[0].split()[1] == "False" and out[1].split()[1] == "True"
+  assert os.listdir(tmp_path / "c")  # the compiled program was written
+
+
+def test_unwritable_cache_dir_disables_with_a_warning(tmp_path, caplog):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  assert programs.enable_persistent_cache(str(blocker / "sub")) is None
+  assert "compile cache disabled" in caplog.text
+  assert programs.enable_persistent_cache("") is None
