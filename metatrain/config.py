@@ -96,8 +96,9 @@ class TrainConfig:
   steps: int = 1000  # meta-steps
   log_every: int = 10
   eval_every: int = 0  # meta-steps between held-out evaluations; 0 = off
-  # Compiled programs are kept on disk here so recompiles are fast; "" = off.
-  compile_cache_dir: str = "~/.cache/lopt/jax"
+  # JAX's on-disk compile cache (e.g. "~/.cache/lopt/jax"); "" = off. Off by
+  # default: on XLA:CPU (jax 0.10.2) a program loaded from it hung a run.
+  compile_cache_dir: str = ""
 
 
 PRESETS: dict[str, dict[str, Any]] = {

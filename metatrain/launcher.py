@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from metatrain import checkpoints, hrnn, learner, local_train
+from metatrain import checkpoints, hrnn, learner, local_train, programs
 from metatrain import config as config_lib
 from metatrain.config import TrainConfig
 from metatrain.worker import UnrollWorker, actor_options
@@ -139,6 +139,8 @@ def run(cfg: TrainConfig, args) -> int:
   with open(os.path.join(workdir, "workers.json"), "w") as f:
     json.dump({"pids": ray.get([w.pid.remote() for w in workers])}, f)
   batch = cfg.learner.grads_per_update or n_workers
+  if (advice := programs.map_limit_advice()) is not None:
+    _log(advice)
   _log(f"lopt train: {n_workers} workers x {cfg.tasks.num_groups} groups x "
        f"{cfg.unroll.tasks_per_group} tasks, batch {batch}, steps "
        f"{state.step} -> {steps_target}, workdir {workdir}")

@@ -166,6 +166,8 @@ def train(cfg: TrainConfig, steps: int | None = None,
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   total = steps if steps is not None else cfg.steps
   trainer = MetaTrainer(cfg)
+  if (advice := programs.map_limit_advice()) is not None:
+    log(advice)
   log(f"meta-training {hrnn.num_meta_params(trainer.theta)} meta-params on "
       f"{cfg.tasks.num_groups} groups x {cfg.unroll.tasks_per_group} tasks "
       f"({', '.join(g.config.name for g in trainer.groups)})")

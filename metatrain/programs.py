@@ -106,6 +106,20 @@ def enable_persistent_cache(path: str, max_bytes: int = 2 << 30) -> str | None:
   return path
 
 
+RECOMMENDED_MAP_LIMIT = 262144
+
+
+def map_limit_advice() -> str | None:
+  """A one-line hint when the map limit is low for long runs, else None."""
+  limit = map_limit()
+  if limit is None or limit >= RECOMMENDED_MAP_LIMIT:
+    return None
+  return (f"note: vm.max_map_count is {limit}; long runs compile many XLA "
+          f"programs and drop them all at {int(MAP_FRACTION * limit)} memory "
+          f"maps. Raise it for fewer recompiles: sudo sysctl -w "
+          f"vm.max_map_count={RECOMMENDED_MAP_LIMIT}")
+
+
 def stats() -> dict[str, int]:
   """Programs noted and cache clears so far, and live programs/maps."""
   return dict(_stats, live=len(_seen), maps=map_count() or -1)

@@ -84,3 +84,14 @@ def test_unwritable_cache_dir_disables_with_a_warning(tmp_path, caplog):
   assert programs.enable_persistent_cache(str(blocker / "sub")) is None
   assert "compile cache disabled" in caplog.text
   assert programs.enable_persistent_cache("") is None
+
+
+def test_map_limit_advice_names_the_fix(monkeypatch):
+  monkeypatch.setattr(programs, "map_limit", lambda: 65530)
+  advice = programs.map_limit_advice()
+  assert "vm.max_map_count is 65530" in advice
+  assert "sysctl -w vm.max_map_count=262144" in advice
+  monkeypatch.setattr(programs, "map_limit", lambda: 262144)
+  assert programs.map_limit_advice() is None
+  monkeypatch.setattr(programs, "map_limit", lambda: None)
+  assert programs.map_limit_advice() is None
