@@ -97,7 +97,7 @@ class TrainConfig:
   log_every: int = 10
   eval_every: int = 0  # meta-steps between held-out evaluations; 0 = off
   # JAX's on-disk compile cache (e.g. "~/.cache/lopt/jax"); "" = off. Off by
-  # default: on XLA:CPU (jax 0.10.2) a program loaded from it hung a run.
+  # default until the XLA:CPU stall in docs/architecture.md is understood.
   compile_cache_dir: str = ""
 
 
