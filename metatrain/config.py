@@ -63,6 +63,14 @@ class WorkerConfig:
   tpus: int = 0  # chips per host on TPU VMs, e.g. 4 (resources={"TPU": 4})
   truncations_per_call: int = 1  # K truncations per group per compute()
   max_restarts: int = 3
+  # A compute() call pending longer than this is a stalled worker: the
+  # learner kills it and Ray restarts it. Well above first-call compile time.
+  call_timeout_s: float = 900.0
+
+  def __post_init__(self):
+    if self.call_timeout_s < 0 or self.max_restarts < 0:
+      raise ValueError("worker.call_timeout_s/max_restarts must be >= 0 "
+                       "(call_timeout_s=0 waits forever)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +104,12 @@ class TrainConfig:
   steps: int = 1000  # meta-steps
   log_every: int = 10
   eval_every: int = 0  # meta-steps between held-out evaluations; 0 = off
-  # JAX's on-disk compile cache (e.g. "~/.cache/lopt/jax"); "" = off. Off by
-  # default until the XLA:CPU stall in docs/architecture.md is understood.
+  # JAX's on-disk compile cache (e.g. "~/.cache/lopt/jax"); "" = off.
   compile_cache_dir: str = ""
+  # XLA:CPU intra-op threading. Off by default: jax 0.10's multi-threaded
+  # Eigen pool wedges in long runs (docs/architecture.md). Takes effect only
+  # before JAX's first computation; XLA_FLAGS set by the user wins.
+  xla_multi_thread_eigen: bool = False
 
 
 PRESETS: dict[str, dict[str, Any]] = {

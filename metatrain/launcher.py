@@ -30,12 +30,17 @@ def _log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
 
 
-def init_ray(address: str | None, dashboard: bool = False) -> bool:
-  """Starts or joins Ray; returns True if this call connected to it."""
+def init_ray(address: str | None, dashboard: bool = False,
+             env_vars: dict[str, str] | None = None) -> bool:
+  """Starts or joins Ray; returns True if this call connected to it.
+
+  ``env_vars`` are set in every worker process (e.g. ``XLA_FLAGS``).
+  """
   import ray  # pylint: disable=import-outside-toplevel
   if ray.is_initialized():
     return False
-  env = {"env_vars": {"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")}}
+  env = {"env_vars": {"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", ""),
+                      **(env_vars or {})}}
   if address:
     ray.init(address=address, runtime_env=env, log_to_driver=True)
   else:
@@ -97,7 +102,9 @@ def run(cfg: TrainConfig, args) -> int:
   workdir = args.workdir
   steps_target = args.steps if args.steps is not None else cfg.steps
   opt = local_train.meta_optimizer(cfg.meta_opt)
-  started_ray = init_ray(args.address, getattr(args, "dashboard", False))
+  xla_env = programs.configure_xla(cfg.xla_multi_thread_eigen)
+  started_ray = init_ray(args.address, getattr(args, "dashboard", False),
+                         xla_env)
   ckpt = checkpoints.Checkpointer(
       workdir,
       checkpoints.CheckpointConfig(keep_last=cfg.learner.keep_last,
@@ -163,14 +170,17 @@ def run(cfg: TrainConfig, args) -> int:
            f"  steps/s {rate:.2f}  dropped stale/dup/nan "
            f"{st.counters.get('stale', 0)}/{st.counters.get('duplicate', 0)}"
            f"/{st.counters.get('nonfinite', 0)}  restarts "
-           f"{st.counters.get('worker_failures', 0)}")
+           f"{st.counters.get('worker_failures', 0)}  timeouts "
+           f"{st.counters.get('worker_timeouts', 0)}")
     save(st)
 
   try:
     state = learner.run(state, workers, opt, steps=steps_target,
                         max_staleness=cfg.learner.max_staleness,
                         batch_size=batch, on_step=on_step,
-                        should_stop=lambda: stop["flag"])
+                        should_stop=lambda: stop["flag"],
+                        call_timeout_s=cfg.worker.call_timeout_s,
+                        max_failures=cfg.worker.max_restarts + 1)
     save(state, force=True)
     ckpt.wait()
     _log(f"done at step {state.step}; checkpoints in {workdir}/checkpoints")

@@ -32,6 +32,7 @@ class AggregatorCounters:
   duplicate: int = 0
   nonfinite: int = 0
   worker_failures: int = 0
+  worker_timeouts: int = 0
 
 
 class GradientAggregator:
@@ -100,6 +101,110 @@ class GradientAggregator:
     return mean, metrics
 
 
+class WorkerPool:
+  """Keeps one ``compute`` call in flight per worker; detects lost workers.
+
+  A worker is *down* from its first failed call until a call succeeds again;
+  while down, calls are retried with a growing backoff (Ray is restarting
+  the actor). Each up-to-down change counts one ``worker_failures``. A call
+  pending longer than ``call_timeout_s`` is a stalled worker: the actor is
+  killed so that Ray restarts it, and ``worker_timeouts`` counts it. A worker
+  that went down more than ``max_failures`` times, or stayed down for
+  ``down_limit_s``, is dropped.
+  """
+
+  def __init__(self, workers: list, counters: AggregatorCounters, *,
+               call_timeout_s: float = 0.0, max_failures: int = 0,
+               down_limit_s: float = 300.0, clock=time.monotonic):
+    self.workers, self.counters, self.clock = workers, counters, clock
+    self.call_timeout_s, self.max_failures = call_timeout_s, max_failures
+    self.down_limit_s = down_limit_s
+    self.pending: dict[Any, tuple[int, float]] = {}  # ref -> (wid, since)
+    self.retry_at: dict[int, float] = {}  # down workers awaiting a retry
+    self.down_since: dict[int, float] = {}
+    self.downs = collections.Counter()
+    self.retries = collections.Counter()  # failed calls in this down spell
+    self.dropped: set[int] = set()
+
+  def submit(self, wid: int, theta_ref, step: int) -> None:
+    ref = self.workers[wid].compute.remote(theta_ref, step)
+    self.pending[ref] = (wid, self.clock())
+
+  def wait(self, timeout: float) -> list[tuple[int, Any]]:
+    """Returns [(worker id, MetaGrad)] of the calls that finished."""
+    import ray  # pylint: disable=import-outside-toplevel
+    if not self.pending and not self.retry_at:
+      raise RuntimeError(
+          f"learner: all {len(self.workers)} workers are gone (each went "
+          f"down more than {self.max_failures} times or stayed down "
+          f"{self.down_limit_s:g}s); see the worker logs above")
+    if not self.pending:
+      time.sleep(min(timeout, 0.5))
+      return []
+    ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+    out = []
+    for ref in ready:
+      wid, _ = self.pending.pop(ref)
+      try:
+        out.append((wid, ray.get(ref)))
+        if wid in self.down_since:
+          print(f"learner: worker {wid} is back after "
+                f"{self.clock() - self.down_since.pop(wid):.0f}s", flush=True)
+        self.retries.pop(wid, None)
+      except (ray.exceptions.RayActorError,
+              ray.exceptions.ActorUnavailableError) as e:
+        self._failed(wid, e)
+    self._check_timeouts()
+    return out
+
+  def resubmit_due(self, theta_ref, step: int, done: list[int]) -> None:
+    """Resubmits finished workers and down workers whose backoff is over."""
+    now = self.clock()
+    for wid in done:
+      self.submit(wid, theta_ref, step)
+    for wid, t in list(self.retry_at.items()):
+      if t <= now:
+        del self.retry_at[wid]
+        self.submit(wid, theta_ref, step)
+
+  def cancel(self) -> None:
+    import ray  # pylint: disable=import-outside-toplevel
+    for ref in self.pending:
+      ray.cancel(ref, force=False)
+
+  def _failed(self, wid: int, err: Exception) -> None:
+    now = self.clock()
+    if wid not in self.down_since:
+      self.down_since[wid] = now
+      self.downs[wid] += 1
+      self.counters.worker_failures += 1
+      print(f"learner: worker {wid} failed ({type(err).__name__}); Ray "
+            "restarts it and it pulls theta again", flush=True)
+    down_for = now - self.down_since[wid]
+    if ((self.max_failures and self.downs[wid] > self.max_failures) or
+        down_for > self.down_limit_s):
+      self.dropped.add(wid)
+      print(f"learner: dropping worker {wid} (down {self.downs[wid]} times, "
+            f"this time for {down_for:.0f}s)", flush=True)
+      return
+    self.retries[wid] += 1
+    self.retry_at[wid] = now + min(10.0, 0.25 * 2 ** self.retries[wid])
+
+  def _check_timeouts(self) -> None:
+    import ray  # pylint: disable=import-outside-toplevel
+    if not self.call_timeout_s:
+      return
+    now = self.clock()
+    for ref, (wid, t_sub) in list(self.pending.items()):
+      if now - t_sub > self.call_timeout_s:
+        self.counters.worker_timeouts += 1
+        print(f"learner: worker {wid} has not answered in {now - t_sub:.0f}s "
+              f"(worker.call_timeout_s={self.call_timeout_s:g}); killing it "
+              "so that Ray restarts it", flush=True)
+        ray.kill(self.workers[wid], no_restart=False)
+        self.pending[ref] = (wid, float("inf"))
+
+
 @dataclasses.dataclass
 class LearnerState:
   theta: Any
@@ -112,7 +217,8 @@ def run(state: LearnerState, workers: list, opt: optax.GradientTransformation,
         *, steps: int, max_staleness: int, batch_size: int,
         on_step: Callable[[LearnerState, dict], None],
         should_stop: Callable[[], bool] = lambda: False,
-        wait_timeout_s: float = 1.0) -> LearnerState:
+        wait_timeout_s: float = 1.0, call_timeout_s: float = 0.0,
+        max_failures: int = 0) -> LearnerState:
   """Runs the asynchronous learner loop until ``state.step == steps``.
 
   Args:
@@ -126,6 +232,11 @@ def run(state: LearnerState, workers: list, opt: optax.GradientTransformation,
       and checkpointing.
     should_stop: polled between waits; True ends the loop early.
     wait_timeout_s: ``ray.wait`` timeout, bounds the stop latency.
+    call_timeout_s: a ``compute`` call pending longer than this is taken as
+      a stalled worker: the actor is killed so that Ray restarts it (0: wait
+      forever). Set it well above the first call's compile time.
+    max_failures: a worker that went down more than this many times is
+      dropped for good (0: never); with no workers left, RuntimeError.
   """
   import ray  # pylint: disable=import-outside-toplevel
   agg = GradientAggregator(max_staleness, batch_size)
@@ -137,23 +248,15 @@ def run(state: LearnerState, workers: list, opt: optax.GradientTransformation,
       state.counters[k] = base.get(k, 0) + v
 
   theta_ref = ray.put(state.theta)
-  pending = {w.compute.remote(theta_ref, state.step): i
-             for i, w in enumerate(workers)}
+  pool = WorkerPool(workers, agg.counters, call_timeout_s=call_timeout_s,
+                    max_failures=max_failures)
+  pool.resubmit_due(theta_ref, state.step, list(range(len(workers))))
   t_last = time.perf_counter()
   while state.step < steps and not should_stop():
-    ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_timeout_s)
-    for ref in ready:
-      wid = pending.pop(ref)
-      try:
-        mg = ray.get(ref)
-      except (ray.exceptions.RayActorError,
-              ray.exceptions.ActorUnavailableError) as e:
-        agg.counters.worker_failures += 1
-        print(f"learner: worker {wid} failed ({type(e).__name__}); it will "
-              "restart and pull theta again", flush=True)
-      else:
-        agg.offer(mg, state.step)
-      pending[workers[wid].compute.remote(theta_ref, state.step)] = wid
+    done = []
+    for wid, mg in pool.wait(wait_timeout_s):
+      agg.offer(mg, state.step)
+      done.append(wid)
     while agg.ready() and state.step < steps:
       grad, metrics = agg.pop_batch()
       new_theta, new_opt, finite, gnorm = apply(state.theta, state.opt_state,
@@ -172,7 +275,7 @@ def run(state: LearnerState, workers: list, opt: optax.GradientTransformation,
       t_last = now
       sync_counters()
       on_step(state, metrics)
+    pool.resubmit_due(theta_ref, state.step, done)
   sync_counters()
-  for ref in pending:
-    ray.cancel(ref, force=False)
+  pool.cancel()
   return state

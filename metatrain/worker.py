@@ -50,6 +50,7 @@ class UnrollWorker:
   def __init__(self, worker_id: int, train_config: dict, seed: int):
     self.worker_id = worker_id
     self.cfg = config_lib.from_dict(config_lib.TrainConfig, train_config)
+    programs.configure_xla(self.cfg.xla_multi_thread_eigen)
     programs.enable_persistent_cache(self.cfg.compile_cache_dir)
     self.rng = np.random.default_rng([seed, worker_id])
     self.ensemble = tasks.ensemble_for(self.cfg.tasks.include_mlps,
@@ -60,10 +61,13 @@ class UnrollWorker:
     # re-runs __init__), so each incarnation starts from its start time.
     self.seq = (time.time_ns() // 1_000_000) << 20
 
+  def _device(self, i: int):
+    """The local device that group ``i`` runs on (round-robin)."""
+    return self.devices[i % len(self.devices)]
+
   def _new_group(self, i: int, theta) -> local_train.TaskGroup:
-    dev = self.devices[i % len(self.devices)]
     return local_train.TaskGroup.sample(self.rng, self.ensemble, self.cfg,
-                                        jax.device_put(theta, dev))
+                                        jax.device_put(theta, self._device(i)))
 
   def _ensure_groups(self, theta) -> None:
     for i in range(len(self.groups), self.cfg.tasks.num_groups):
@@ -78,7 +82,7 @@ class UnrollWorker:
       for i, g in enumerate(self.groups):
         if g.age >= self.cfg.tasks.resample_every:
           self.groups[i] = g = self._new_group(i, theta)
-        th = jax.device_put(theta, self.devices[i % len(self.devices)])
+        th = jax.device_put(theta, self._device(i))
         t_g = time.perf_counter()
         first = g.age == 0
         grad, metrics, n = g.meta_grad(th, self.rng, self.cfg)

@@ -29,12 +29,31 @@ FAST = ["--config", "tiny", "--set", 'tasks.families=["quadratic"]',
         "--set", "learner.save_every=1", "--set", "learner.max_staleness=100"]
 
 
+_RUNNING: list = []
+
+
+@pytest.fixture(autouse=True)
+def _end_runs():
+  """Ends a run a failed assertion left behind: SIGTERM shuts its Ray down."""
+  yield
+  while _RUNNING:
+    proc = _RUNNING.pop()
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGTERM)
+      try:
+        proc.wait(timeout=60)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _start(workdir, *args):
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   log = open(workdir.parent / f"{workdir.name}.log", "a")
   proc = subprocess.Popen(
       [sys.executable, "-m", "infra.cli", "train", "--workdir", str(workdir),
        *FAST, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+  _RUNNING.append(proc)
   return proc, workdir.parent / f"{workdir.name}.log"
 
 
@@ -103,3 +122,26 @@ def test_learner_stop_and_resume_is_exact(tmp_path):
   assert f"step {stopped_at + 1:>6}/{stopped_at + 2}" in text
   assert json.loads((wd / "counters.json").read_text())["step"] == \
       stopped_at + 2
+
+
+def test_a_stalled_worker_is_killed_and_rejoins(tmp_path):
+  wd = tmp_path / "run"
+  # The timeout must cover the first call's compile time (~15-30 s here).
+  proc, log = _start(wd, "--workers", "2", "--steps", "100000", "--set",
+                     "worker.call_timeout_s=90")
+  assert _wait_for(lambda: "step      5/100000" in log.read_text(), 300,
+                   proc), log.read_text()
+  pids = json.loads((wd / "workers.json").read_text())["pids"]
+  # A frozen process answers nothing, like a worker stuck inside XLA.
+  os.kill(pids[0], signal.SIGSTOP)
+  assert _wait_for(lambda: "worker 0 has not answered" in log.read_text(),
+                   200, proc), log.read_text()
+  # The killed worker restarts, compiles again and rejoins the run.
+  assert _wait_for(lambda: "learner: worker 0 is back" in log.read_text(),
+                   300, proc), log.read_text()
+  proc.send_signal(signal.SIGTERM)
+  _finish(proc, timeout=120)
+  counters = json.loads((wd / "counters.json").read_text())
+  assert counters["worker_timeouts"] == 1
+  assert counters["worker_failures"] >= 1
+  assert "timeouts 1" in log.read_text()

@@ -95,3 +95,41 @@ def test_map_limit_advice_names_the_fix(monkeypatch):
   assert programs.map_limit_advice() is None
   monkeypatch.setattr(programs, "map_limit", lambda: None)
   assert programs.map_limit_advice() is None
+
+
+_XLA_SCRIPT = textwrap.dedent("""
+    import logging, os, sys
+    logging.basicConfig(level=logging.WARNING)
+    from metatrain import programs
+    env = programs.configure_xla(False)
+    print("ENV", env)
+    import jax.numpy as jnp
+    # XLA aborts on flags it does not know, so this also checks the name.
+    print("SUM", float(jnp.ones(3).sum()))
+    os.environ["XLA_FLAGS"] = ""
+    print("LATE", programs.configure_xla(False))
+""")
+
+
+def _run_xla_script(xla_flags):
+  env = dict(os.environ, XLA_FLAGS=xla_flags, PYTHONPATH=ROOT,
+             JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-c", _XLA_SCRIPT], env=env,
+                        capture_output=True, text=True, timeout=120,
+                        check=True)
+
+
+def test_configure_xla_turns_off_multithreaded_eigen_before_start():
+  out = _run_xla_script("--xla_cpu_enable_fast_math=false")
+  assert ("ENV {'XLA_FLAGS': '--xla_cpu_enable_fast_math=false "
+          "--xla_cpu_multi_thread_eigen=false'}") in out.stdout
+  assert "SUM 3.0" in out.stdout
+  # Too late once the backend runs: a warning, and XLA_FLAGS is left alone.
+  assert "LATE {}" in out.stdout
+  assert "cannot take effect" in out.stderr
+
+
+def test_configure_xla_keeps_a_user_setting():
+  out = _run_xla_script("--xla_cpu_multi_thread_eigen=true")
+  assert "ENV {'XLA_FLAGS': '--xla_cpu_multi_thread_eigen=true'}" in \
+      out.stdout
