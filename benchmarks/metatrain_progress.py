@@ -3,11 +3,16 @@
 Usage:
   python benchmarks/metatrain_progress.py [--minutes 20] [--config default]
       [--set k=v ...] [--holdout 12] [--seeds 4] [--inner-steps 200]
+      [--workers 0]
+
+With ``--workers N`` (N > 0) the training runs as ``lopt train --workers N``
+(Ray: learner, workers, checkpoints, stalled-worker restarts), is stopped with
+SIGTERM when the budget is spent, and the final checkpoint is evaluated.
 
 Prints the meta-objective (mean log(f_t/f_0) over a 200-step run, lower is
 better) on the held-out validation tasks (``tasks.holdout_configs``, fixed
 seeds never used for meta-training) before and after single-process
-meta-training for the budget, then the final full-batch loss after 200 inner
+meta-training (or ``lopt train``) for the budget, then the final full-batch loss after 200 inner
 steps on each held-out task for: the trained HRNN, the untrained HRNN, and
 Adam at the best learning rate of {1e-4, ..., 1e-1} chosen per task. All
 three see the same problem instances and minibatches.
@@ -16,18 +21,24 @@ three see the same problem instances and minibatches.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
+import subprocess
 import sys
-import threading
+import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from metatrain import config as config_lib  # noqa: E402
-from metatrain import evaluation, local_train, programs, tasks  # noqa: E402
+from metatrain import checkpoints, evaluation, hrnn, local_train  # noqa: E402
+from metatrain import programs  # noqa: E402
+from metatrain import tasks  # noqa: E402
 
 
 def holdout_table(theta, cfg, holdout, seeds, steps):
@@ -43,6 +54,61 @@ def holdout_table(theta, cfg, holdout, seeds, steps):
   return np.array(objs), np.array(finals)
 
 
+def train_here(trainer, args, budget):
+  """Single-process meta-training for ``budget`` seconds."""
+  t0 = time.time()
+  watchdog = local_train.StallWatchdog(
+      trainer, args.stall_seconds, lambda m: print(m, flush=True))
+  ema = None
+  while time.time() - t0 < budget:
+    m = trainer.meta_step()
+    watchdog.beat()
+    if np.isfinite(m["meta_loss"]):
+      ema = m["meta_loss"] if ema is None else 0.95 * ema + 0.05 * m[
+          "meta_loss"]
+    if trainer.step % 20 == 0:
+      print(local_train.format_progress(dict(m, meta_loss=ema or 0.0),
+                                        trainer.counters, 0) +
+            f"  elapsed {time.time() - t0:.0f}s", flush=True)
+  watchdog.stop()  # training is over
+  steps, dt = trainer.step, time.time() - t0
+  summary = (f"\nmeta-trained {steps} meta-steps in {dt / 60:.1f} min "
+             f"({trainer.counters['task_steps']:,} inner task-steps, "
+             f"nonfinite {trainer.counters['num_nonfinite']}, diverged "
+             f"{trainer.counters['num_diverged']}; compiled-program stats "
+             f"{programs.stats()})")
+  return trainer.theta, summary
+
+
+def train_with_ray(args, budget):
+  """Runs `lopt train --workers N` for ``budget`` seconds; returns its theta."""
+  workdir = args.workdir or tempfile.mkdtemp(prefix="lopt-progress-")
+  cmd = [sys.executable, "-m", "infra.cli", "train", "--workdir", workdir,
+         "--config", args.config, "--workers", str(args.workers),
+         "--steps", str(10**9)]
+  for kv in args.set:
+    cmd += ["--set", kv]
+  print(f"running: {' '.join(cmd)}", flush=True)
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ,
+                                                  PYTHONUNBUFFERED="1"))
+  t0 = time.time()
+  try:
+    proc.wait(timeout=budget)
+    raise SystemExit(f"lopt train exited early with code {proc.returncode}")
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGTERM)  # saves a final checkpoint
+    proc.wait(timeout=300)
+  dt = time.time() - t0
+  ck = checkpoints.Checkpointer(workdir, read_only=True)
+  step = ck.latest_step()
+  _, theta = ck.restore_lopt(step)
+  with open(os.path.join(workdir, "counters.json")) as f:
+    counters = json.load(f)
+  summary = (f"\nlopt train --workers {args.workers}: {step} meta-steps in "
+             f"{dt / 60:.1f} min; counters {counters}; workdir {workdir}")
+  return jax.tree_util.tree_map(jax.numpy.asarray, theta), summary
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--minutes", type=float, default=20.0)
@@ -51,6 +117,11 @@ def main() -> None:
   ap.add_argument("--holdout", type=int, default=12)
   ap.add_argument("--seeds", type=int, default=4)
   ap.add_argument("--inner-steps", type=int, default=200)
+  ap.add_argument("--workers", type=int, default=0,
+                  help="0: train in this process; N: run `lopt train "
+                       "--workers N` (Ray) and evaluate its last checkpoint")
+  ap.add_argument("--workdir", default="",
+                  help="lopt train workdir (default: a fresh temp dir)")
   ap.add_argument("--stall-seconds", type=float, default=600.0,
                   help="abort, naming the running group, when one meta-step "
                        "takes longer than this")
@@ -61,8 +132,12 @@ def main() -> None:
   holdout = tasks.holdout_configs(
       args.holdout, tasks.ensemble_for(cfg.tasks.include_mlps,
                                        cfg.tasks.families))
-  trainer = local_train.MetaTrainer(cfg)
-  theta0 = trainer.theta
+  if args.workers > 0:  # lopt train starts from the same theta
+    trainer, theta0 = None, hrnn.init_theta(jax.random.PRNGKey(cfg.seed),
+                                            cfg.hrnn)
+  else:
+    trainer = local_train.MetaTrainer(cfg)
+    theta0 = trainer.theta
   t0 = time.time()
   obj0, fin0 = holdout_table(theta0, cfg, holdout, args.seeds,
                              args.inner_steps)
@@ -70,40 +145,13 @@ def main() -> None:
         f"({time.time() - t0:.0f}s to evaluate {len(holdout)} tasks)",
         flush=True)
   budget = args.minutes * 60
-  t0 = time.time()
-  last = [time.time()]
-
-  def stall_watchdog():
-    while True:
-      time.sleep(5)
-      if time.time() - last[0] > args.stall_seconds:
-        print(f"STALLED: meta-step {trainer.step + 1} has run "
-              f"{time.time() - last[0]:.0f}s on group (index, config, age) "
-              f"{trainer.running}; compiled programs {programs.stats()}",
-              flush=True)
-        os._exit(3)
-
-  threading.Thread(target=stall_watchdog, daemon=True).start()
-  ema = None
-  while time.time() - t0 < budget:
-    m = trainer.meta_step()
-    last[0] = time.time()
-    if np.isfinite(m["meta_loss"]):
-      ema = m["meta_loss"] if ema is None else 0.95 * ema + 0.05 * m[
-          "meta_loss"]
-    if trainer.step % 20 == 0:
-      print(local_train.format_progress(dict(m, meta_loss=ema or 0.0),
-                                        trainer.counters, 0) +
-            f"  elapsed {time.time() - t0:.0f}s", flush=True)
-  last[0] = float("inf")  # training is over: stop the stall watchdog
-  steps, dt = trainer.step, time.time() - t0
-  obj1, fin1 = holdout_table(trainer.theta, cfg, holdout, args.seeds,
+  if args.workers > 0:
+    theta1, summary = train_with_ray(args, budget)
+  else:
+    theta1, summary = train_here(trainer, args, budget)
+  obj1, fin1 = holdout_table(theta1, cfg, holdout, args.seeds,
                              args.inner_steps)
-  print(f"\nmeta-trained {steps} meta-steps in {dt / 60:.1f} min "
-        f"({trainer.counters['task_steps']:,} inner task-steps, nonfinite "
-        f"{trainer.counters['num_nonfinite']}, diverged "
-        f"{trainer.counters['num_diverged']}; compiled-program stats "
-        f"{programs.stats()})")
+  print(summary)
   print(f"held-out meta-objective: init {obj0.mean():+.4f} -> trained "
         f"{obj1.mean():+.4f} (lower is better; improved on "
         f"{int(np.sum(obj1 < obj0))}/{len(holdout)} tasks)")

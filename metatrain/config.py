@@ -110,6 +110,9 @@ class TrainConfig:
   # Eigen pool wedges in long runs (docs/architecture.md). Takes effect only
   # before JAX's first computation; XLA_FLAGS set by the user wins.
   xla_multi_thread_eigen: bool = False
+  # Single-process training (--workers 0) exits with code 3, naming the
+  # group, when one meta-step runs longer than this (0: never).
+  stall_timeout_s: float = 900.0
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -8,7 +8,9 @@ pieces (``unroll.group_meta_grad``) run inside Ray workers when distributed.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -160,6 +162,43 @@ def format_progress(m: dict[str, float], counters: dict[str, int],
           f"{counters['num_diverged']}  resets {counters['num_resets']}")
 
 
+class StallWatchdog:
+  """Ends the process (exit code 3) when one meta-step runs too long.
+
+  jax 0.10's XLA:CPU runtime can wait forever on a result whose completion
+  was lost (docs/architecture.md). A process stuck like that cannot be
+  interrupted from Python, so this thread names the running group and exits,
+  and a supervisor (or the user) can rerun. ``lopt train`` with workers
+  recovers by itself instead: the learner restarts a stalled worker.
+  """
+
+  def __init__(self, trainer: "MetaTrainer", seconds: float,
+               log: Callable[[str], None]):
+    self.trainer, self.seconds, self.log = trainer, seconds, log
+    self.last = time.monotonic()
+    if seconds > 0:
+      threading.Thread(target=self._watch, daemon=True).start()
+
+  def beat(self) -> None:
+    self.last = time.monotonic()
+
+  def stop(self) -> None:
+    self.last = float("inf")
+
+  def _watch(self) -> None:
+    while True:
+      time.sleep(min(5.0, self.seconds / 4))
+      waited = time.monotonic() - self.last
+      if waited > self.seconds:
+        self.log(f"STALLED: meta-step {self.trainer.step + 1} has run "
+                 f"{waited:.0f}s (stall_timeout_s={self.seconds:g}) on group "
+                 f"(index, config, age) {self.trainer.running}; compiled "
+                 f"programs {programs.stats()}. This is the XLA:CPU stall in "
+                 "docs/architecture.md: rerun, or train with workers "
+                 "(lopt train --workers N), which restarts stalled workers.")
+        os._exit(3)  # pylint: disable=protected-access
+
+
 def train(cfg: TrainConfig, steps: int | None = None,
           log: Callable[[str], None] | None = None,
           time_budget_s: float | None = None) -> MetaTrainer:
@@ -174,8 +213,10 @@ def train(cfg: TrainConfig, steps: int | None = None,
       f"({', '.join(g.config.name for g in trainer.groups)})")
   t_start = time.time()
   ema = None
+  watchdog = StallWatchdog(trainer, cfg.stall_timeout_s, log)
   for _ in range(total):
     m = trainer.meta_step()
+    watchdog.beat()
     if np.isfinite(m["meta_loss"]):
       ema = m["meta_loss"] if ema is None else 0.9 * ema + 0.1 * m["meta_loss"]
     if m["step"] % cfg.log_every == 0 or m["step"] == total:
@@ -184,4 +225,5 @@ def train(cfg: TrainConfig, steps: int | None = None,
     if time_budget_s is not None and time.time() - t_start > time_budget_s:
       log(f"time budget of {time_budget_s:.0f}s reached at step {m['step']}")
       break
+  watchdog.stop()
   return trainer

@@ -1,5 +1,9 @@
 """Single-process meta-training improves the meta-objective."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 
@@ -44,3 +48,40 @@ def test_meta_optimizer_choices():
     upd, _ = opt.update({"a": np.array([np.inf, 1e9, -1.0], np.float32)},
                         st, theta)
     assert np.all(np.isfinite(np.asarray(upd["a"])))
+
+
+_WATCHDOG_SCRIPT = """
+import sys, time, types
+from metatrain import local_train
+trainer = types.SimpleNamespace(step=6, running=(1, "bowl(cond=1)", 0))
+dog = local_train.StallWatchdog(trainer, 1.0, lambda m: print(m, flush=True))
+for _ in range(int(sys.argv[1])):  # steps that keep beating
+  time.sleep(0.3)
+  dog.beat()
+if sys.argv[2] == "stop":
+  dog.stop()
+time.sleep(4)
+print("finished", flush=True)
+"""
+
+
+def _watchdog_run(beats, end):
+  root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  return subprocess.run(
+      [sys.executable, "-c", _WATCHDOG_SCRIPT, str(beats), end],
+      env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True,
+      timeout=60)
+
+
+def test_stall_watchdog_exits_naming_the_group():
+  out = _watchdog_run(5, "hang")  # beats for 1.5 s, then a 4 s "stall"
+  assert out.returncode == 3, out
+  assert "STALLED: meta-step 7" in out.stdout
+  assert "bowl(cond=1)" in out.stdout and "finished" not in out.stdout
+
+
+def test_stall_watchdog_stays_quiet_while_beating_and_after_stop():
+  out = _watchdog_run(5, "stop")
+  assert out.returncode == 0, out
+  assert "finished" in out.stdout and "STALLED" not in out.stdout
