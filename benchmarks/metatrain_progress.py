@@ -57,7 +57,7 @@ def holdout_table(theta, cfg, holdout, seeds, steps):
 def train_here(trainer, args, budget):
   """Single-process meta-training for ``budget`` seconds."""
   t0 = time.time()
-  watchdog = local_train.StallWatchdog(
+  watchdog = local_train.trainer_watchdog(
       trainer, args.stall_seconds, lambda m: print(m, flush=True))
   ema = None
   while time.time() - t0 < budget:

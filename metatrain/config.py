@@ -62,15 +62,22 @@ class WorkerConfig:
   num_gpus: float = 0.0  # 1 on GPU hosts
   tpus: int = 0  # chips per host on TPU VMs, e.g. 4 (resources={"TPU": 4})
   truncations_per_call: int = 1  # K truncations per group per compute()
-  max_restarts: int = 3
-  # A compute() call pending longer than this is a stalled worker: the
-  # learner kills it and Ray restarts it. Well above first-call compile time.
+  # Ray restarts of each worker; -1 = unlimited (long runs outlive several
+  # XLA:CPU stalls). A worker down for 300 s in a row is dropped anyway.
+  max_restarts: int = -1
+  # One group truncation (compile included) running longer than this is an
+  # XLA:CPU stall: the worker exits and Ray restarts it (0: never).
+  stall_timeout_s: float = 300.0
+  # A compute() call pending longer than this (a frozen or unreachable
+  # worker) makes the learner kill the actor so Ray restarts it (0: never).
   call_timeout_s: float = 900.0
 
   def __post_init__(self):
-    if self.call_timeout_s < 0 or self.max_restarts < 0:
-      raise ValueError("worker.call_timeout_s/max_restarts must be >= 0 "
-                       "(call_timeout_s=0 waits forever)")
+    if (self.call_timeout_s < 0 or self.stall_timeout_s < 0 or
+        self.max_restarts < -1):
+      raise ValueError("worker.call_timeout_s/stall_timeout_s must be >= 0 "
+                       "(0: never) and worker.max_restarts >= -1 "
+                       "(-1: unlimited)")
 
 
 @dataclasses.dataclass(frozen=True)

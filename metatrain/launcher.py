@@ -180,7 +180,8 @@ def run(cfg: TrainConfig, args) -> int:
                         batch_size=batch, on_step=on_step,
                         should_stop=lambda: stop["flag"],
                         call_timeout_s=cfg.worker.call_timeout_s,
-                        max_failures=cfg.worker.max_restarts + 1)
+                        max_failures=(cfg.worker.max_restarts + 1
+                                      if cfg.worker.max_restarts >= 0 else 0))
     save(state, force=True)
     ckpt.wait()
     _log(f"done at step {state.step}; checkpoints in {workdir}/checkpoints")

@@ -163,18 +163,19 @@ def format_progress(m: dict[str, float], counters: dict[str, int],
 
 
 class StallWatchdog:
-  """Ends the process (exit code 3) when one meta-step runs too long.
+  """Ends the process (exit code 3) when one unit of work runs too long.
 
   jax 0.10's XLA:CPU runtime can wait forever on a result whose completion
-  was lost (docs/architecture.md). A process stuck like that cannot be
-  interrupted from Python, so this thread names the running group and exits,
-  and a supervisor (or the user) can rerun. ``lopt train`` with workers
-  recovers by itself instead: the learner restarts a stalled worker.
+  was lost (docs/architecture.md). A thread stuck like that cannot be
+  interrupted from Python, so this watchdog thread logs ``describe()`` and
+  ends the process: a Ray worker is then restarted by Ray, and a
+  single-process run can be rerun. Call ``beat()`` when a unit starts and
+  ends, ``stop()`` when the work is over.
   """
 
-  def __init__(self, trainer: "MetaTrainer", seconds: float,
+  def __init__(self, seconds: float, describe: Callable[[], str],
                log: Callable[[str], None]):
-    self.trainer, self.seconds, self.log = trainer, seconds, log
+    self.seconds, self.describe, self.log = seconds, describe, log
     self.last = time.monotonic()
     if seconds > 0:
       threading.Thread(target=self._watch, daemon=True).start()
@@ -190,13 +191,19 @@ class StallWatchdog:
       time.sleep(min(5.0, self.seconds / 4))
       waited = time.monotonic() - self.last
       if waited > self.seconds:
-        self.log(f"STALLED: meta-step {self.trainer.step + 1} has run "
-                 f"{waited:.0f}s (stall_timeout_s={self.seconds:g}) on group "
-                 f"(index, config, age) {self.trainer.running}; compiled "
-                 f"programs {programs.stats()}. This is the XLA:CPU stall in "
-                 "docs/architecture.md: rerun, or train with workers "
-                 "(lopt train --workers N), which restarts stalled workers.")
+        self.log(f"STALLED: {self.describe()} has run {waited:.0f}s (limit "
+                 f"{self.seconds:g}s); compiled programs {programs.stats()}. "
+                 "This is the XLA:CPU stall in docs/architecture.md; the "
+                 "process exits with code 3.")
         os._exit(3)  # pylint: disable=protected-access
+
+
+def trainer_watchdog(trainer: "MetaTrainer", seconds: float,
+                     log: Callable[[str], None]) -> StallWatchdog:
+  """A StallWatchdog over a MetaTrainer's meta-steps."""
+  return StallWatchdog(
+      seconds, lambda: (f"meta-step {trainer.step + 1} on group (index, "
+                        f"config, age) {trainer.running}"), log)
 
 
 def train(cfg: TrainConfig, steps: int | None = None,
@@ -213,7 +220,7 @@ def train(cfg: TrainConfig, steps: int | None = None,
       f"({', '.join(g.config.name for g in trainer.groups)})")
   t_start = time.time()
   ema = None
-  watchdog = StallWatchdog(trainer, cfg.stall_timeout_s, log)
+  watchdog = trainer_watchdog(trainer, cfg.stall_timeout_s, log)
   for _ in range(total):
     m = trainer.meta_step()
     watchdog.beat()

@@ -60,6 +60,14 @@ class UnrollWorker:
     # Sequence numbers must stay unique when Ray restarts this actor (which
     # re-runs __init__), so each incarnation starts from its start time.
     self.seq = (time.time_ns() // 1_000_000) << 20
+    self.running = "starting"
+    # A group truncation (compile included) stuck past the limit ends this
+    # process; Ray restarts the actor and the learner carries on.
+    self.watchdog = local_train.StallWatchdog(
+        self.cfg.worker.stall_timeout_s,
+        lambda: f"worker {worker_id} on {self.running}",
+        lambda m: print(m, flush=True))
+    self.watchdog.stop()  # armed only while compute() runs
 
   def _device(self, i: int):
     """The local device that group ``i`` runs on (round-robin)."""
@@ -76,15 +84,21 @@ class UnrollWorker:
   def compute(self, theta, theta_step: int) -> MetaGrad:
     """Runs K truncations on every group with ``theta``."""
     t0 = time.perf_counter()
+    self.running = "sampling its task groups"
+    self.watchdog.beat()
     self._ensure_groups(theta)
     results, task_steps = [], 0
     for _ in range(self.cfg.worker.truncations_per_call):
       for i, g in enumerate(self.groups):
         if g.age >= self.cfg.tasks.resample_every:
+          self.running = f"sampling group {i + 1}"
+          self.watchdog.beat()
           self.groups[i] = g = self._new_group(i, theta)
         th = jax.device_put(theta, self._device(i))
         t_g = time.perf_counter()
         first = g.age == 0
+        self.running = f"group {i + 1} {g.config.name} (age {g.age})"
+        self.watchdog.beat()
         grad, metrics, n = g.meta_grad(th, self.rng, self.cfg)
         if first:  # shows life while programs compile
           print(f"worker {self.worker_id}: group {i + 1}/{len(self.groups)} "
@@ -93,6 +107,7 @@ class UnrollWorker:
         results.append((jax.device_get(grad), metrics))
         task_steps += n
     grad, m = local_train.average_grads(results)
+    self.watchdog.stop()  # idle between calls is not a stall
     dt = time.perf_counter() - t0
     m.update(task_steps=float(task_steps), seconds=dt,
              task_steps_per_s=task_steps / dt)

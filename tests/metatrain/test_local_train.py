@@ -54,7 +54,7 @@ _WATCHDOG_SCRIPT = """
 import sys, time, types
 from metatrain import local_train
 trainer = types.SimpleNamespace(step=6, running=(1, "bowl(cond=1)", 0))
-dog = local_train.StallWatchdog(trainer, 1.0, lambda m: print(m, flush=True))
+dog = local_train.trainer_watchdog(trainer, 1.0, lambda m: print(m, flush=True))
 for _ in range(int(sys.argv[1])):  # steps that keep beating
   time.sleep(0.3)
   dog.beat()

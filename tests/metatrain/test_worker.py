@@ -1,0 +1,47 @@
+"""The unroll worker's stall watchdog, on a real worker object (no Ray)."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+_SCRIPT = """
+import sys
+import jax
+from metatrain import config, hrnn
+from metatrain.worker import UnrollWorker
+cfg = config.load("tiny", ['tasks.families=["quadratic"]', "tasks.num_groups=1",
+                           "worker.stall_timeout_s=" + sys.argv[1]])
+w = UnrollWorker(0, config.to_dict(cfg), seed=0)
+print("armed before the first call:", w.watchdog.last != float("inf"))
+theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg.hrnn)
+mg = w.compute(theta, 0)
+print("computed", mg.seq, flush=True)
+print("armed between calls:", w.watchdog.last != float("inf"))
+"""
+
+
+def _run(stall_timeout):
+  return subprocess.run(
+      [sys.executable, "-c", _SCRIPT, str(stall_timeout)],
+      env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+      timeout=300)
+
+
+def test_a_group_stuck_past_the_limit_ends_the_worker():
+  # A 0.5 s limit is shorter than compiling a group's programs, which here
+  # stands in for XLA never answering.
+  out = _run(0.5)
+  assert out.returncode == 3, out
+  assert "STALLED: worker 0 on " in out.stdout
+  assert "computed" not in out.stdout
+
+
+def test_the_watchdog_is_armed_only_inside_compute():
+  out = _run(120)
+  assert out.returncode == 0, out
+  assert "computed" in out.stdout and "STALLED" not in out.stdout
+  assert "armed before the first call: False" in out.stdout
+  assert "armed between calls: False" in out.stdout
