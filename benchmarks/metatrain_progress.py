@@ -127,8 +127,6 @@ def main() -> None:
                        "takes longer than this")
   args = ap.parse_args()
   cfg = config_lib.load(args.config, args.set)
-  programs.configure_xla(cfg.xla_multi_thread_eigen)  # before any compute
-  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
   holdout = tasks.holdout_configs(
       args.holdout, tasks.ensemble_for(cfg.tasks.include_mlps,
                                        cfg.tasks.families))

@@ -30,7 +30,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from metatrain import programs  # noqa: E402
 from metatrain import config as config_lib  # noqa: E402
 from metatrain import hrnn, tasks, unroll  # noqa: E402
 
@@ -71,8 +70,6 @@ def main() -> None:
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args()
   cfg = config_lib.load(args.config, args.set)
-  programs.configure_xla(cfg.xla_multi_thread_eigen)  # before any compute
-  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
   ucfg = cfg.unroll
   n = ucfg.tasks_per_group
   theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg.hrnn)

@@ -71,6 +71,10 @@ class WorkerConfig:
   # A compute() call pending longer than this (a frozen or unreachable
   # worker) makes the learner kill the actor so Ray restarts it (0: never).
   call_timeout_s: float = 900.0
+  # XLA:CPU intra-op threads in each worker. Off: one single-threaded worker
+  # per core, instead of every worker spreading over all cores. XLA_FLAGS
+  # set by the user wins.
+  xla_multi_thread_eigen: bool = False
 
   def __post_init__(self):
     if (self.call_timeout_s < 0 or self.stall_timeout_s < 0 or
@@ -113,10 +117,6 @@ class TrainConfig:
   eval_every: int = 0  # meta-steps between held-out evaluations; 0 = off
   # JAX's on-disk compile cache (e.g. "~/.cache/lopt/jax"); "" = off.
   compile_cache_dir: str = ""
-  # XLA:CPU intra-op threading. Off by default: jax 0.10's multi-threaded
-  # Eigen pool wedges in long runs (docs/architecture.md). Takes effect only
-  # before JAX's first computation; XLA_FLAGS set by the user wins.
-  xla_multi_thread_eigen: bool = False
   # Single-process training (--workers 0) exits with code 3, naming the
   # group, when one meta-step runs longer than this (0: never).
   stall_timeout_s: float = 900.0

@@ -107,7 +107,6 @@ class MetaTrainer:
 
   def __init__(self, cfg: TrainConfig, theta=None):
     self.cfg = cfg
-    programs.configure_xla(cfg.xla_multi_thread_eigen)
     programs.enable_persistent_cache(cfg.compile_cache_dir)
     self.rng = np.random.default_rng(cfg.seed)
     self.ensemble = tasks.ensemble_for(cfg.tasks.include_mlps,

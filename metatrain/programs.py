@@ -111,14 +111,13 @@ _warned_late = False
 
 
 def configure_xla(multi_thread_eigen: bool) -> dict[str, str]:
-  """Sets XLA:CPU's multi-threaded Eigen (intra-op parallelism) for this process.
+  """Sets XLA:CPU's multi-threaded Eigen (intra-op threads) for this process.
 
-  jax 0.10's XLA:CPU runtime can wedge for good in long meta-training runs:
-  every thread idles while the caller waits on a result that never comes
-  (docs/architecture.md). Single-threaded Eigen avoids it, so meta-training
-  turns it off by default. XLA reads the flag when its CPU backend starts,
-  so this must run before the first computation; a flag the user already
-  put in ``XLA_FLAGS`` wins.
+  Unroll workers run single-threaded by default, one per core, so that
+  several workers on a host do not each spread over every core. XLA reads
+  the flag when its CPU backend starts, so this must run before the first
+  computation (a later call only warns); a flag the user already put in
+  ``XLA_FLAGS`` wins.
 
   Returns:
     ``{"XLA_FLAGS": ...}`` to pass to worker processes (may be empty).

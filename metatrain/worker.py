@@ -50,7 +50,7 @@ class UnrollWorker:
   def __init__(self, worker_id: int, train_config: dict, seed: int):
     self.worker_id = worker_id
     self.cfg = config_lib.from_dict(config_lib.TrainConfig, train_config)
-    programs.configure_xla(self.cfg.xla_multi_thread_eigen)
+    programs.configure_xla(self.cfg.worker.xla_multi_thread_eigen)
     programs.enable_persistent_cache(self.cfg.compile_cache_dir)
     self.rng = np.random.default_rng([seed, worker_id])
     self.ensemble = tasks.ensemble_for(self.cfg.tasks.include_mlps,

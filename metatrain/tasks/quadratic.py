@@ -46,9 +46,21 @@ def _factor(dim: int) -> tuple[int, int]:
 
 
 def _orthogonalize(g: jax.Array) -> jax.Array:
-  """A Haar-random orthogonal matrix from a Gaussian one."""
-  q, r = jnp.linalg.qr(g)
-  return q * jnp.sign(jnp.diagonal(r))[None, :]
+  """A Haar-random orthogonal matrix from a square Gaussian one.
+
+  Gram-Schmidt with re-orthogonalization (CGS2): the Q of ``g = QR`` with a
+  positive diagonal in R, which is Haar-distributed. Written in plain jnp
+  rather than ``jnp.linalg.qr`` because XLA:CPU in jax 0.10 can hang for
+  good on a program with two independent batched QR (LAPACK) custom calls,
+  which this task's init has (docs/architecture.md).
+  """
+  def column(j, q):
+    v = g[:, j]
+    v = v - q @ (q.T @ v)  # columns >= j of q are still zero
+    v = v - q @ (q.T @ v)
+    return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+  return jax.lax.fori_loop(0, g.shape[1], column, jnp.zeros_like(g))
 
 
 def _build_large(cfg: TaskConfig) -> FnTask:
