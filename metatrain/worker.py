@@ -52,14 +52,17 @@ class UnrollWorker:
     self.cfg = config_lib.from_dict(config_lib.TrainConfig, train_config)
     programs.configure_xla(self.cfg.worker.xla_multi_thread_eigen)
     programs.enable_persistent_cache(self.cfg.compile_cache_dir)
-    self.rng = np.random.default_rng([seed, worker_id])
     self.ensemble = tasks.ensemble_for(self.cfg.tasks.include_mlps,
                                        self.cfg.tasks.families)
     self.devices = jax.local_devices()
     self.groups: list[local_train.TaskGroup] = []
     # Sequence numbers must stay unique when Ray restarts this actor (which
     # re-runs __init__), so each incarnation starts from its start time.
-    self.seq = (time.time_ns() // 1_000_000) << 20
+    start_ms = time.time_ns() // 1_000_000
+    self.seq = start_ms << 20
+    # A restarted worker samples new task groups: replaying the groups of an
+    # incarnation that hung or crashed could fail the same way again.
+    self.rng = np.random.default_rng([seed, worker_id, start_ms])
     self.running = "starting"
     # A group truncation (compile included) stuck past the limit ends this
     # process; Ray restarts the actor and the learner carries on.
