@@ -71,10 +71,6 @@ class WorkerConfig:
   # A compute() call pending longer than this (a frozen or unreachable
   # worker) makes the learner kill the actor so Ray restarts it (0: never).
   call_timeout_s: float = 900.0
-  # XLA:CPU intra-op threads in each worker. Off: one single-threaded worker
-  # per core, instead of every worker spreading over all cores. XLA_FLAGS
-  # set by the user wins.
-  xla_multi_thread_eigen: bool = False
 
   def __post_init__(self):
     if (self.call_timeout_s < 0 or self.stall_timeout_s < 0 or

@@ -102,9 +102,7 @@ def run(cfg: TrainConfig, args) -> int:
   workdir = args.workdir
   steps_target = args.steps if args.steps is not None else cfg.steps
   opt = local_train.meta_optimizer(cfg.meta_opt)
-  xla_env = programs.configure_xla(cfg.worker.xla_multi_thread_eigen)
-  started_ray = init_ray(args.address, getattr(args, "dashboard", False),
-                         xla_env)
+  started_ray = init_ray(args.address, getattr(args, "dashboard", False))
   ckpt = checkpoints.Checkpointer(
       workdir,
       checkpoints.CheckpointConfig(keep_last=cfg.learner.keep_last,

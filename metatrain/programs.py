@@ -106,39 +106,6 @@ def enable_persistent_cache(path: str, max_bytes: int = 2 << 30) -> str | None:
   return path
 
 
-EIGEN_FLAG = "--xla_cpu_multi_thread_eigen"
-_warned_late = False
-
-
-def configure_xla(multi_thread_eigen: bool) -> dict[str, str]:
-  """Sets XLA:CPU's multi-threaded Eigen (intra-op threads) for this process.
-
-  Unroll workers run single-threaded by default, one per core, so that
-  several workers on a host do not each spread over every core. XLA reads
-  the flag when its CPU backend starts, so this must run before the first
-  computation (a later call only warns); a flag the user already put in
-  ``XLA_FLAGS`` wins.
-
-  Returns:
-    ``{"XLA_FLAGS": ...}`` to pass to worker processes (may be empty).
-  """
-  global _warned_late
-  flags = os.environ.get("XLA_FLAGS", "")
-  if EIGEN_FLAG not in flags:
-    from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
-    value = "true" if multi_thread_eigen else "false"
-    if xla_bridge.backends_are_initialized():
-      if not multi_thread_eigen and not _warned_late:
-        _log.warning("%s=false cannot take effect: JAX's backend already "
-                     "started. Set XLA_FLAGS=%s=false before starting Python.",
-                     EIGEN_FLAG, EIGEN_FLAG)
-        _warned_late = True
-    else:
-      os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_FLAG}={value}".strip()
-  xla_flags = os.environ.get("XLA_FLAGS", "")
-  return {"XLA_FLAGS": xla_flags} if xla_flags else {}
-
-
 RECOMMENDED_MAP_LIMIT = 262144
 
 

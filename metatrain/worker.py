@@ -44,13 +44,23 @@ def actor_options(wcfg: config_lib.WorkerConfig) -> dict[str, Any]:
   return opts
 
 
+def _restarted_by_ray() -> bool:
+  """True in an actor incarnation that Ray restarted after a failure."""
+  try:
+    import ray  # pylint: disable=import-outside-toplevel
+    if not ray.is_initialized():
+      return False
+    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+  except Exception:  # pylint: disable=broad-except
+    return False  # not inside a Ray actor
+
+
 class UnrollWorker:
   """Computes meta-gradients for the learner (wrap with ``ray.remote``)."""
 
   def __init__(self, worker_id: int, train_config: dict, seed: int):
     self.worker_id = worker_id
     self.cfg = config_lib.from_dict(config_lib.TrainConfig, train_config)
-    programs.configure_xla(self.cfg.worker.xla_multi_thread_eigen)
     programs.enable_persistent_cache(self.cfg.compile_cache_dir)
     self.ensemble = tasks.ensemble_for(self.cfg.tasks.include_mlps,
                                        self.cfg.tasks.families)
@@ -61,8 +71,10 @@ class UnrollWorker:
     start_ms = time.time_ns() // 1_000_000
     self.seq = start_ms << 20
     # A restarted worker samples new task groups: replaying the groups of an
-    # incarnation that hung or crashed could fail the same way again.
-    self.rng = np.random.default_rng([seed, worker_id, start_ms])
+    # incarnation that hung or crashed could fail the same way again. The
+    # first incarnation's groups stay reproducible.
+    salt = [start_ms] if _restarted_by_ray() else []
+    self.rng = np.random.default_rng([seed, worker_id, *salt])
     self.running = "starting"
     # A group truncation (compile included) stuck past the limit ends this
     # process; Ray restarts the actor and the learner carries on.
