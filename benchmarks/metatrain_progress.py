@@ -21,6 +21,7 @@ three see the same problem instances and minibatches.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -54,25 +55,14 @@ def holdout_table(theta, cfg, holdout, seeds, steps):
   return np.array(objs), np.array(finals)
 
 
-def train_here(trainer, args, budget):
-  """Single-process meta-training for ``budget`` seconds."""
+def train_here(cfg, args, budget):
+  """Single-process meta-training (``lopt train --workers 0``) for ``budget``."""
+  cfg = dataclasses.replace(cfg, stall_timeout_s=args.stall_seconds)
   t0 = time.time()
-  watchdog = local_train.trainer_watchdog(
-      trainer, args.stall_seconds, lambda m: print(m, flush=True))
-  ema = None
-  while time.time() - t0 < budget:
-    m = trainer.meta_step()
-    watchdog.beat()
-    if np.isfinite(m["meta_loss"]):
-      ema = m["meta_loss"] if ema is None else 0.95 * ema + 0.05 * m[
-          "meta_loss"]
-    if trainer.step % 20 == 0:
-      print(local_train.format_progress(dict(m, meta_loss=ema or 0.0),
-                                        trainer.counters, 0) +
-            f"  elapsed {time.time() - t0:.0f}s", flush=True)
-  watchdog.stop()  # training is over
-  steps, dt = trainer.step, time.time() - t0
-  summary = (f"\nmeta-trained {steps} meta-steps in {dt / 60:.1f} min "
+  trainer = local_train.train(cfg, steps=10**9, time_budget_s=budget,
+                              log=lambda m: print(m, flush=True))
+  dt = time.time() - t0
+  summary = (f"\nmeta-trained {trainer.step} meta-steps in {dt / 60:.1f} min "
              f"({trainer.counters['task_steps']:,} inner task-steps, "
              f"nonfinite {trainer.counters['num_nonfinite']}, diverged "
              f"{trainer.counters['num_diverged']}; compiled-program stats "
@@ -123,19 +113,15 @@ def main() -> None:
   ap.add_argument("--workdir", default="",
                   help="lopt train workdir (default: a fresh temp dir)")
   ap.add_argument("--stall-seconds", type=float, default=600.0,
-                  help="abort, naming the running group, when one meta-step "
-                       "takes longer than this")
+                  help="single process: abort, naming the running group, "
+                       "when one meta-step takes longer than this")
   args = ap.parse_args()
   cfg = config_lib.load(args.config, args.set)
   holdout = tasks.holdout_configs(
       args.holdout, tasks.ensemble_for(cfg.tasks.include_mlps,
                                        cfg.tasks.families))
-  if args.workers > 0:  # lopt train starts from the same theta
-    trainer, theta0 = None, hrnn.init_theta(jax.random.PRNGKey(cfg.seed),
-                                            cfg.hrnn)
-  else:
-    trainer = local_train.MetaTrainer(cfg)
-    theta0 = trainer.theta
+  # Both trainers start from this theta.
+  theta0 = hrnn.init_theta(jax.random.PRNGKey(cfg.seed), cfg.hrnn)
   t0 = time.time()
   obj0, fin0 = holdout_table(theta0, cfg, holdout, args.seeds,
                              args.inner_steps)
@@ -146,7 +132,7 @@ def main() -> None:
   if args.workers > 0:
     theta1, summary = train_with_ray(args, budget)
   else:
-    theta1, summary = train_here(trainer, args, budget)
+    theta1, summary = train_here(cfg, args, budget)
   obj1, fin1 = holdout_table(theta1, cfg, holdout, args.seeds,
                              args.inner_steps)
   print(summary)

@@ -30,17 +30,12 @@ def _log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
 
 
-def init_ray(address: str | None, dashboard: bool = False,
-             env_vars: dict[str, str] | None = None) -> bool:
-  """Starts or joins Ray; returns True if this call connected to it.
-
-  ``env_vars`` are set in every worker process (e.g. ``XLA_FLAGS``).
-  """
+def init_ray(address: str | None, dashboard: bool = False) -> bool:
+  """Starts or joins Ray; returns True if this call connected to it."""
   import ray  # pylint: disable=import-outside-toplevel
   if ray.is_initialized():
     return False
-  env = {"env_vars": {"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", ""),
-                      **(env_vars or {})}}
+  env = {"env_vars": {"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")}}
   if address:
     ray.init(address=address, runtime_env=env, log_to_driver=True)
   else:

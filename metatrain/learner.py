@@ -124,7 +124,6 @@ class WorkerPool:
     self.down_since: dict[int, float] = {}
     self.downs = collections.Counter()
     self.retries = collections.Counter()  # failed calls in this down spell
-    self.dropped: set[int] = set()
 
   def submit(self, wid: int, theta_ref, step: int) -> None:
     ref = self.workers[wid].compute.remote(theta_ref, step)
@@ -183,7 +182,6 @@ class WorkerPool:
     down_for = now - self.down_since[wid]
     if ((self.max_failures and self.downs[wid] > self.max_failures) or
         down_for > self.down_limit_s):
-      self.dropped.add(wid)
       print(f"learner: dropping worker {wid} (down {self.downs[wid]} times, "
             f"this time for {down_for:.0f}s)", flush=True)
       return
