@@ -12,10 +12,12 @@ SIGTERM when the budget is spent, and the final checkpoint is evaluated.
 Prints the meta-objective (mean log(f_t/f_0) over a 200-step run, lower is
 better) on the held-out validation tasks (``tasks.holdout_configs``, fixed
 seeds never used for meta-training) before and after single-process
-meta-training (or ``lopt train``) for the budget, then the final full-batch loss after 200 inner
-steps on each held-out task for: the trained HRNN, the untrained HRNN, and
-Adam at the best learning rate of {1e-4, ..., 1e-1} chosen per task. All
-three see the same problem instances and minibatches.
+meta-training (or ``lopt train``) for the budget, then the final full-batch
+loss after 200 inner steps on each held-out task for: the trained HRNN, the
+untrained HRNN, and Adam at the best learning rate of {1e-4, ..., 1e-1}
+chosen per task. All of it runs through the evaluators (the ``heldout``
+suite, records in a temporary workdir), so all three see the same problem
+instances and minibatches, and a diverged run counts as a loss.
 """
 
 from __future__ import annotations
@@ -36,23 +38,43 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from evaluators import records, suites, watch  # noqa: E402
 from metatrain import config as config_lib  # noqa: E402
-from metatrain import checkpoints, evaluation, hrnn, local_train  # noqa: E402
+from metatrain import checkpoints, hrnn, local_train  # noqa: E402
 from metatrain import programs  # noqa: E402
-from metatrain import tasks  # noqa: E402
+from metatrain.export import save_optimizer  # noqa: E402
 
 
-def holdout_table(theta, cfg, holdout, seeds, steps):
-  key = jax.random.PRNGKey(2017)
-  objs, finals = [], []
-  for tc in holdout:
-    o, f = evaluation.hrnn_final_loss(theta, key, task_config=tc,
-                                      hcfg=cfg.hrnn, num_tasks=seeds,
-                                      steps=steps)
-    objs.append(float(np.mean(np.asarray(o))))
-    f = np.asarray(f)
-    finals.append(float(np.mean(np.where(np.isfinite(f), f, np.inf))))
-  return np.array(objs), np.array(finals)
+def heldout_suite(args):
+  """The evaluators' ``heldout`` suite, sized by the flags, tuned Adam."""
+  tasks_ = [f"heldout:{i}" for i in range(args.holdout)]
+  return suites.load("heldout", [f"tasks={json.dumps(tasks_)}",
+                                 f"seeds={args.seeds}",
+                                 f"steps={args.inner_steps}",
+                                 'baselines=["adam"]'])
+
+
+def evaluate_theta(workdir, suite, hcfg, theta, name):
+  """Evaluates theta as a .lopt file (the evaluators' path); its source id."""
+  path = os.path.join(workdir, f"{name}.lopt")
+  save_optimizer(path, hcfg, theta, {"benchmark": "metatrain_progress"})
+  ev = watch.Evaluator(workdir, suite, log=lambda m: None)
+  src = watch.file_source(path)
+  ev.evaluate(src)
+  ev.close()
+  return src.id
+
+
+def heldout_rows(workdir, source):
+  """Per task: (task, meta-objective, final loss, tuned Adam loss, lr,
+  ratio); a diverged run has an inf loss and ratio."""
+  recs = records.read(os.path.join(workdir, "eval", "records.jsonl"))
+  out = []
+  for r in records.summarize(recs, source):
+    obj = r["learned_metric"]
+    out.append((r["task"], np.inf if obj is None else obj, r["learned"],
+                r["best_loss"], r["baselines"]["adam"][1], r["ratio"]))
+  return out
 
 
 def train_here(cfg, args, budget):
@@ -117,47 +139,47 @@ def main() -> None:
                        "when one meta-step takes longer than this")
   args = ap.parse_args()
   cfg = config_lib.load(args.config, args.set)
-  holdout = tasks.holdout_configs(
-      args.holdout, tasks.ensemble_for(cfg.tasks.include_mlps,
-                                       cfg.tasks.families))
+  suite = heldout_suite(args)
+  evaldir = tempfile.mkdtemp(prefix="lopt-progress-eval-")
   # Both trainers start from this theta.
   theta0 = hrnn.init_theta(jax.random.PRNGKey(cfg.seed), cfg.hrnn)
   t0 = time.time()
-  obj0, fin0 = holdout_table(theta0, cfg, holdout, args.seeds,
-                             args.inner_steps)
+  rows0 = heldout_rows(evaldir, evaluate_theta(evaldir, suite, cfg.hrnn,
+                                               theta0, "untrained"))
+  obj0 = np.array([r[1] for r in rows0])
   print(f"held-out meta-objective at init: {obj0.mean():+.4f} "
-        f"({time.time() - t0:.0f}s to evaluate {len(holdout)} tasks)",
-        flush=True)
+        f"({time.time() - t0:.0f}s to evaluate {len(rows0)} tasks with tuned "
+        f"Adam; records in {evaldir})", flush=True)
   budget = args.minutes * 60
   if args.workers > 0:
     theta1, summary = train_with_ray(args, budget)
   else:
     theta1, summary = train_here(cfg, args, budget)
-  obj1, fin1 = holdout_table(theta1, cfg, holdout, args.seeds,
-                             args.inner_steps)
+  rows1 = heldout_rows(evaldir, evaluate_theta(evaldir, suite, cfg.hrnn,
+                                               theta1, "trained"))
+  obj1 = np.array([r[1] for r in rows1])
+  fin0 = np.array([r[2] for r in rows0])
+  fin1 = np.array([r[2] for r in rows1])
   print(summary)
   print(f"held-out meta-objective: init {obj0.mean():+.4f} -> trained "
-        f"{obj1.mean():+.4f} (lower is better; improved on "
-        f"{int(np.sum(obj1 < obj0))}/{len(holdout)} tasks)")
+        f"{obj1.mean():+.4f} (lower is better; inf = diverged; improved on "
+        f"{int(np.sum(obj1 < obj0))}/{len(rows1)} tasks)")
   print(f"\nfinal full loss after {args.inner_steps} steps, mean of "
-        f"{args.seeds} seeds:")
+        f"{args.seeds} seeds (inf: a seed diverged):")
   print(f"{'task':<58} {'trained':>10} {'untrained':>10} {'adam*':>10} "
         f"{'adam lr':>8}")
-  ratios = []
-  key = jax.random.PRNGKey(2017)
-  for tc, f1, f0 in zip(holdout, fin1, fin0):
-    fa, lr = evaluation.tuned_adam(key, tc, args.seeds, args.inner_steps)
-    ratios.append((f1 + 1e-8) / (fa + 1e-8))
-    print(f"{tc.name[:58]:<58} {f1:>10.4g} {f0:>10.4g} {fa:>10.4g} "
+  for (task, _, f1, fa, lr, _), f0 in zip(rows1, fin0):
+    print(f"{task[:58]:<58} {f1:>10.4g} {f0:>10.4g} {fa:>10.4g} "
           f"{lr:>8.0e}")
-  ratios = np.array(ratios)
-  finite = np.isfinite(ratios)
+  ratios = np.array([r[5] for r in rows1])
+  # A diverged task is a loss, never dropped: the geometric mean is then inf.
+  geo = float(np.exp(np.mean(np.log(ratios))))
   print(f"\ntrained HRNN beats per-task-tuned Adam on "
-        f"{int(np.sum(ratios[finite] < 1))}/{len(ratios)} held-out tasks; "
-        f"geometric-mean final-loss ratio HRNN/Adam* "
-        f"{np.exp(np.mean(np.log(ratios[finite]))):.3g}")
+        f"{int(np.sum(ratios < 1))}/{len(ratios)} held-out tasks "
+        f"({int(np.sum(np.isinf(ratios)))} diverged); geometric-mean "
+        f"final-loss ratio HRNN/Adam* {geo:.3g}")
   print(f"trained vs untrained HRNN: better on "
-        f"{int(np.sum(fin1 < fin0))}/{len(holdout)} tasks")
+        f"{int(np.sum(fin1 < fin0))}/{len(rows1)} tasks")
 
 
 if __name__ == "__main__":

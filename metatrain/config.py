@@ -98,6 +98,26 @@ class LearnerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluatorConfig:
+  """Evaluator actors run beside training (``lopt train --evaluators N``)."""
+
+  count: int = 0  # evaluator actors; --evaluators N sets it
+  suite: str = "small"  # see evaluators/suites.py
+  suite_overrides: tuple[str, ...] = ()  # e.g. ["steps=100", "seeds=1"]
+  num_cpus: float = 1.0
+  num_gpus: float = 0.0
+  poll_s: float = 30.0  # seconds between checkpoint polls
+  # After the last meta-step, wait this long for the evaluators to finish
+  # the final checkpoint (Ctrl-C does not wait).
+  final_timeout_s: float = 3600.0
+
+  def __post_init__(self):
+    if self.count < 0 or self.poll_s <= 0 or self.final_timeout_s < 0:
+      raise ValueError("evaluator.count and final_timeout_s must be >= 0 and "
+                       "evaluator.poll_s > 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Everything a meta-training run needs."""
 
@@ -107,10 +127,10 @@ class TrainConfig:
   tasks: TasksConfig = TasksConfig()
   worker: WorkerConfig = WorkerConfig()
   learner: LearnerConfig = LearnerConfig()
+  evaluator: EvaluatorConfig = EvaluatorConfig()
   seed: int = 0
   steps: int = 1000  # meta-steps
   log_every: int = 10
-  eval_every: int = 0  # meta-steps between held-out evaluations; 0 = off
   # JAX's on-disk compile cache (e.g. "~/.cache/lopt/jax"); "" = off.
   compile_cache_dir: str = ""
   # Single-process training (--workers 0) exits with code 3, naming the
@@ -206,6 +226,21 @@ def parse_override(item: str) -> tuple[list[str], Any]:
   return key.strip().split("."), value
 
 
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> None:
+  """Applies ``a.b=value`` overrides to a config dict in place; unknown keys
+  raise ValueError naming them."""
+  for item in overrides:
+    path, value = parse_override(item)
+    node = d
+    for i, part in enumerate(path[:-1]):
+      if not isinstance(node.get(part), dict):
+        raise ValueError(f"unknown config key {'.'.join(path[:i + 1])}")
+      node = node[part]
+    if path[-1] not in node:
+      raise ValueError(f"unknown config key {'.'.join(path)}")
+    node[path[-1]] = value
+
+
 def load(name_or_path: str = "default", overrides: list[str] = ()
          ) -> TrainConfig:
   """Resolves a preset name or JSON path plus ``--set`` overrides."""
@@ -221,14 +256,5 @@ def load(name_or_path: str = "default", overrides: list[str] = ()
   else:
     raise ValueError(f"unknown config {name_or_path!r}: not a preset "
                      f"({', '.join(PRESETS)}) nor an existing JSON file")
-  for item in overrides:
-    path, value = parse_override(item)
-    node = d
-    for i, part in enumerate(path[:-1]):
-      if not isinstance(node.get(part), dict):
-        raise ValueError(f"unknown config key {'.'.join(path[:i + 1])}")
-      node = node[part]
-    if path[-1] not in node:
-      raise ValueError(f"unknown config key {'.'.join(path)}")
-    node[path[-1]] = value
+  apply_overrides(d, overrides)
   return from_dict(TrainConfig, d)

@@ -64,7 +64,8 @@ def default_num_workers(cfg: TrainConfig) -> int:
     return max(1, int(res.get("GPU", 0) // cfg.worker.num_gpus))
   if cfg.worker.tpus:
     return max(1, int(res.get("TPU", 0) // cfg.worker.tpus))
-  cpus = res.get("CPU", 1) - 1
+  cpus = (res.get("CPU", 1) - 1 -
+          cfg.evaluator.count * cfg.evaluator.num_cpus)
   return max(1, int(cpus // cfg.worker.num_cpus))
 
 
@@ -81,6 +82,7 @@ class _TB:
       if k in metrics and np.isfinite(metrics[k]):
         self.w.add_scalar(f"train/{k}", metrics[k], step)
     for k in ("stale", "duplicate", "nonfinite", "worker_failures",
+              "worker_timeouts", "worker_errors", "evaluator_errors",
               "skipped_updates"):
       self.w.add_scalar(f"counters/{k}", counters.get(k, 0), step)
     for wid, v in metrics.get("per_worker_steps_per_s", {}).items():
@@ -146,6 +148,17 @@ def run(cfg: TrainConfig, args) -> int:
        f"{state.step} -> {steps_target}, workdir {workdir}")
   tb = _TB(os.path.join(workdir, "tb"))
   t0, start_step = time.time(), state.step
+  evals = None
+  if cfg.evaluator.count:
+    from evaluators.actor import EvaluatorPool  # pylint: disable=import-outside-toplevel
+    evals = EvaluatorPool(workdir, cfg.evaluator.suite,
+                          list(cfg.evaluator.suite_overrides),
+                          cfg.evaluator.count,
+                          num_cpus=cfg.evaluator.num_cpus,
+                          num_gpus=cfg.evaluator.num_gpus,
+                          poll_s=cfg.evaluator.poll_s)
+    _log(f"lopt train: {cfg.evaluator.count} evaluator(s) on suite "
+         f"{cfg.evaluator.suite}; records in {workdir}/eval/records.jsonl")
 
   def save(st: learner.LearnerState, force: bool = False) -> None:
     ckpt.save(st.step, theta=st.theta, opt_state=st.opt_state,
@@ -153,6 +166,9 @@ def run(cfg: TrainConfig, args) -> int:
               config=cfg_dict, force=force)
 
   def on_step(st: learner.LearnerState, m: dict) -> None:
+    if evals is not None:
+      evals.poll()
+      st.counters.update(evals.counters)
     tb.step(st.step, m, st.counters)
     if (st.step % cfg.log_every == 0 or st.step == steps_target or
         st.step - start_step <= 3):
@@ -164,7 +180,8 @@ def run(cfg: TrainConfig, args) -> int:
            f"{st.counters.get('stale', 0)}/{st.counters.get('duplicate', 0)}"
            f"/{st.counters.get('nonfinite', 0)}  restarts "
            f"{st.counters.get('worker_failures', 0)}  timeouts "
-           f"{st.counters.get('worker_timeouts', 0)}")
+           f"{st.counters.get('worker_timeouts', 0)}  errors "
+           f"{st.counters.get('worker_errors', 0)}")
     save(st)
 
   try:
@@ -178,9 +195,15 @@ def run(cfg: TrainConfig, args) -> int:
     save(state, force=True)
     ckpt.wait()
     _log(f"done at step {state.step}; checkpoints in {workdir}/checkpoints")
+    if evals is not None and not stop["flag"]:
+      evals.finish(state.step, cfg.evaluator.final_timeout_s,
+                   should_stop=lambda: stop["flag"])
+      state.counters.update(evals.counters)
   finally:
     ckpt.close()
     tb.close()
+    if evals is not None:
+      evals.shutdown()
     for w in workers:
       ray.kill(w, no_restart=True)
     if started_ray:

@@ -33,6 +33,7 @@ class AggregatorCounters:
   nonfinite: int = 0
   worker_failures: int = 0
   worker_timeouts: int = 0
+  worker_errors: int = 0  # exceptions raised inside compute()
 
 
 class GradientAggregator:
@@ -115,10 +116,14 @@ class WorkerPool:
 
   def __init__(self, workers: list, counters: AggregatorCounters, *,
                call_timeout_s: float = 0.0, max_failures: int = 0,
-               down_limit_s: float = 300.0, clock=time.monotonic):
+               down_limit_s: float = 300.0, max_errors_in_row: int = 20,
+               clock=time.monotonic):
     self.workers, self.counters, self.clock = workers, counters, clock
     self.call_timeout_s, self.max_failures = call_timeout_s, max_failures
     self.down_limit_s = down_limit_s
+    self.max_errors_in_row = max_errors_in_row
+    self.errors_in_row = collections.Counter()
+    self.errored: list[int] = []  # raised in compute(): resubmit at once
     self.pending: dict[Any, tuple[int, float]] = {}  # ref -> (wid, since)
     self.retry_at: dict[int, float] = {}  # down workers awaiting a retry
     self.down_since: dict[int, float] = {}
@@ -132,7 +137,7 @@ class WorkerPool:
   def wait(self, timeout: float) -> list[tuple[int, Any]]:
     """Returns [(worker id, MetaGrad)] of the calls that finished."""
     import ray  # pylint: disable=import-outside-toplevel
-    if not self.pending and not self.retry_at:
+    if not self.pending and not self.retry_at and not self.errored:
       raise RuntimeError(
           f"learner: all {len(self.workers)} workers are gone (each went "
           f"down more than {self.max_failures} times or stayed down "
@@ -150,17 +155,21 @@ class WorkerPool:
           print(f"learner: worker {wid} is back after "
                 f"{self.clock() - self.down_since.pop(wid):.0f}s", flush=True)
         self.retries.pop(wid, None)
+        self.errors_in_row.pop(wid, None)
       except (ray.exceptions.RayActorError,
               ray.exceptions.ActorUnavailableError) as e:
         self._failed(wid, e)
+      except ray.exceptions.RayTaskError as e:
+        self._raised(wid, e)
     self._check_timeouts()
     return out
 
   def resubmit_due(self, theta_ref, step: int, done: list[int]) -> None:
     """Resubmits finished workers and down workers whose backoff is over."""
     now = self.clock()
-    for wid in done:
+    for wid in done + self.errored:
       self.submit(wid, theta_ref, step)
+    self.errored = []
     for wid, t in list(self.retry_at.items()):
       if t <= now:
         del self.retry_at[wid]
@@ -188,6 +197,18 @@ class WorkerPool:
     self.retries[wid] += 1
     self.retry_at[wid] = now + min(10.0, 0.25 * 2 ** self.retries[wid])
 
+  def _raised(self, wid: int, err: Exception) -> None:
+    """A Python/XLA exception inside compute(): count it and go on."""
+    self.counters.worker_errors += 1
+    self.errors_in_row[wid] += 1
+    print(f"learner: worker {wid} raised {error_summary(err)}; its task "
+          "group is resampled and it carries on", flush=True)
+    if self.errors_in_row[wid] > self.max_errors_in_row:
+      print(f"learner: dropping worker {wid}: {self.errors_in_row[wid]} "
+            "calls in a row raised", flush=True)
+      return
+    self.errored.append(wid)
+
   def _check_timeouts(self) -> None:
     import ray  # pylint: disable=import-outside-toplevel
     if not self.call_timeout_s:
@@ -201,6 +222,15 @@ class WorkerPool:
               "so that Ray restarts it", flush=True)
         ray.kill(self.workers[wid], no_restart=False)
         self.pending[ref] = (wid, float("inf"))
+
+
+def error_summary(err: Exception) -> str:
+  """The remote exception's type and message: its traceback's last line."""
+  cause = getattr(err, "cause", None)
+  if cause is not None:
+    return f"{type(cause).__name__}: {cause}"
+  lines = [l for l in str(err).strip().splitlines() if l.strip()]
+  return lines[-1].strip() if lines else type(err).__name__
 
 
 @dataclasses.dataclass

@@ -160,7 +160,9 @@ def _truncation(theta, state: TaskUnrollState, key, length, *, task, hcfg,
     keep = active & ~diverged
     params = _tree_where(keep, new_params, params)
     opt_state = _tree_where(keep, new_opt, opt_state)
-    return (params, opt_state, diverged), (term, f_safe)
+    # A diverged task's loss is reported as inf, never as a finite value.
+    f_report = jnp.where(diverged, jnp.inf, f)
+    return (params, opt_state, diverged), (term, f_report)
 
   init = (state.params, state.opt_state, jnp.zeros((), bool))
   (params, opt_state, diverged), (terms, fs) = jax.lax.scan(
@@ -172,7 +174,8 @@ def _truncation(theta, state: TaskUnrollState, key, length, *, task, hcfg,
       step=state.step + jnp.minimum(length, scan_len),
       truncs_left=jnp.where(diverged, 0, state.truncs_left - 1))
   aux = {"state": new_state, "diverged": diverged, "reset": need_reset,
-         "final_loss": fs[jnp.minimum(length, scan_len) - 1]}
+         "final_loss": jnp.where(diverged, jnp.inf,
+                                 fs[jnp.minimum(length, scan_len) - 1])}
   return meta_loss, aux
 
 
@@ -238,8 +241,10 @@ def evaluate(theta, key, *, task_config: TaskConfig, hcfg: HRNNConfig,
              num_tasks: int, steps: int):
   """Fresh tasks trained ``steps`` steps from scratch with theta.
 
-  Returns ``(meta_objective, final_full_loss)``, each of shape (num_tasks,):
-  the meta-objective of one ``steps``-long truncation, with no resets.
+  Returns ``(meta_objective, final_full_loss, diverged)``, each of shape
+  (num_tasks,): the meta-objective of one ``steps``-long truncation, with no
+  resets. A diverged task's meta-objective and final loss are ``inf``: it
+  loses every comparison.
   """
   ucfg = UnrollConfig(tasks_per_group=num_tasks, truncations_mean=0.0,
                       min_steps=1, max_steps=max(steps, 1))
@@ -251,4 +256,6 @@ def evaluate(theta, key, *, task_config: TaskConfig, hcfg: HRNNConfig,
                          scan_len=steps)
   losses, aux = jax.vmap(fn, in_axes=(None, 0, 0, None))(
       theta, states, run_keys, steps)
-  return losses, aux["final_loss"]
+  diverged = aux["diverged"] | ~jnp.isfinite(losses)
+  return (jnp.where(diverged, jnp.inf, losses),
+          jnp.where(diverged, jnp.inf, aux["final_loss"]), diverged)

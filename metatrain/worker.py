@@ -55,6 +55,14 @@ def _restarted_by_ray() -> bool:
     return False  # not inside a Ray actor
 
 
+class GroupError(RuntimeError):
+  """An exception raised while a worker ran one task group.
+
+  The worker has already dropped the group, so its next call samples a new
+  one; the learner counts the error and carries on.
+  """
+
+
 class UnrollWorker:
   """Computes meta-gradients for the learner (wrap with ``ray.remote``)."""
 
@@ -93,8 +101,12 @@ class UnrollWorker:
                                         jax.device_put(theta, self._device(i)))
 
   def _ensure_groups(self, theta) -> None:
-    for i in range(len(self.groups), self.cfg.tasks.num_groups):
-      self.groups.append(self._new_group(i, theta))
+    """Samples missing groups, and groups dropped after an error."""
+    for i in range(self.cfg.tasks.num_groups):
+      if i == len(self.groups):
+        self.groups.append(None)
+      if self.groups[i] is None:
+        self.groups[i] = self._new_group(i, theta)
 
   def compute(self, theta, theta_step: int) -> MetaGrad:
     """Runs K truncations on every group with ``theta``."""
@@ -114,7 +126,16 @@ class UnrollWorker:
         first = g.age == 0
         self.running = f"group {i + 1} {g.config.name} (age {g.age})"
         self.watchdog.beat()
-        grad, metrics, n = g.meta_grad(th, self.rng, self.cfg)
+        try:
+          grad, metrics, n = g.meta_grad(th, self.rng, self.cfg)
+        except Exception as e:  # pylint: disable=broad-except
+          # A Python or XLA error in one group must not end the run: drop
+          # the group (the next call resamples it) and tell the learner.
+          self.groups[i] = None
+          self.watchdog.stop()
+          raise GroupError(f"worker {self.worker_id} group {i + 1} "
+                           f"{g.config.name}: {type(e).__name__}: {e}"
+                           ) from e
         if first:  # shows life while programs compile
           print(f"worker {self.worker_id}: group {i + 1}/{len(self.groups)} "
                 f"{g.config.name}: first truncation {time.perf_counter() - t_g:.1f}s"

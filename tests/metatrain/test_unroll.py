@@ -134,7 +134,21 @@ def test_diverging_task_is_counted_and_theta_gradient_stays_finite():
 
 
 def test_evaluate_reports_meta_objective_per_task():
-  obj, final = unroll.evaluate(THETA, jax.random.PRNGKey(0), task_config=QUAD,
-                               hcfg=HCFG, num_tasks=2, steps=10)
+  obj, final, diverged = unroll.evaluate(
+      THETA, jax.random.PRNGKey(0), task_config=QUAD, hcfg=HCFG, num_tasks=2,
+      steps=10)
   assert obj.shape == (2,) and final.shape == (2,)
   assert np.all(np.isfinite(np.asarray(obj)))
+  assert not np.any(np.asarray(diverged))
+
+
+def test_evaluate_reports_an_exploding_optimizer_as_diverged():
+  # exp(60) step sizes: the HRNN blows up at its first step. This used to
+  # report a final loss of 0, as if it had solved the task.
+  theta = dict(THETA, stepsize_offset=jnp.asarray(60.0))
+  obj, final, diverged = unroll.evaluate(
+      theta, jax.random.PRNGKey(0), task_config=QUAD, hcfg=HCFG, num_tasks=2,
+      steps=10)
+  assert np.all(np.asarray(diverged))
+  assert np.all(np.isinf(np.asarray(final))) and np.all(np.asarray(final) > 0)
+  assert np.all(np.isinf(np.asarray(obj)))

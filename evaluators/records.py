@@ -1,0 +1,177 @@
+"""Evaluator records (``workdir/eval/records.jsonl``) and their comparison.
+
+One JSON line per (source, task, optimizer, hyperparameters, seed, steps),
+where the source is a checkpoint step (``"step:1200"``) or an optimizer file
+(``"file:my.lopt@<sha256 prefix>"``). Appends are one ``write`` of one line
+under an exclusive ``flock``, so concurrent evaluators never interleave, and
+a torn last line (a writer killed mid-write) is skipped on reading and
+rewritten by the next run. Reading back the keys makes evaluation
+idempotent: a restarted evaluator skips what is recorded.
+
+Comparisons are honest: a diverged or non-finite run counts as an infinite
+loss (it loses to everything), and a mean over seeds with one such seed is
+infinite too.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import json
+import math
+import os
+import warnings
+from typing import Any, Iterable
+
+import numpy as np
+
+
+def record_key(source: str, task_key: str, optimizer: str,
+               hparams: dict[str, Any], seed: int, steps: int) -> str:
+  return json.dumps([source, task_key, optimizer,
+                     json.dumps(hparams, sort_keys=True), int(seed),
+                     int(steps)])
+
+
+def read(path: str) -> list[dict[str, Any]]:
+  """All complete records in ``path`` ([] if it does not exist)."""
+  out = []
+  try:
+    with open(path, "rb") as f:
+      lines = f.read().split(b"\n")
+  except FileNotFoundError:
+    return out
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      rec = json.loads(line)
+    except ValueError:
+      if i != len(lines) - 1:  # a torn last line is expected after a kill
+        warnings.warn(f"{path}: skipping unreadable line {i + 1}",
+                      stacklevel=2)
+      continue
+    if isinstance(rec, dict) and "key" in rec:
+      out.append(rec)
+  return out
+
+
+class RecordWriter:
+  """Appends records to a JSONL file and remembers which keys it holds."""
+
+  def __init__(self, path: str):
+    self.path = path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    self.keys = {r["key"] for r in read(path)}
+
+  def refresh(self) -> None:
+    """Re-reads the keys (other evaluators may have appended)."""
+    self.keys = {r["key"] for r in read(self.path)}
+
+  def has(self, key: str) -> bool:
+    return key in self.keys
+
+  def append(self, record: dict[str, Any]) -> None:
+    """Appends one record atomically; a torn last line is closed first."""
+    data = (json.dumps(record, allow_nan=False, sort_keys=True) + "\n"
+            ).encode()
+    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX)
+      size = os.fstat(fd).st_size
+      if size:
+        with open(self.path, "rb") as f:
+          f.seek(size - 1)
+          if f.read(1) != b"\n":
+            data = b"\n" + data  # end a torn line so ours parses
+      os.write(fd, data)
+      os.fsync(fd)
+    finally:
+      os.close(fd)  # releases the lock
+    self.keys.add(record["key"])
+
+
+# ---------------------------------------------------------------------------
+# Comparison.
+
+
+def loss_of(record: dict[str, Any]) -> float:
+  """The final loss a comparison uses: inf for a diverged run."""
+  v = record.get("final_loss")
+  if record.get("diverged") or v is None or not math.isfinite(v):
+    return math.inf
+  return float(v)
+
+
+def mean_loss(records: Iterable[dict[str, Any]]) -> float:
+  """Mean final loss over seeds; inf if any seed diverged."""
+  vals = [loss_of(r) for r in records]
+  return float(np.mean(vals)) if vals else math.nan
+
+
+def mean_metric(records: Iterable[dict[str, Any]], name: str) -> float | None:
+  vals = [(r.get("metrics") or {}).get(name) for r in records]
+  if not vals or any(v is None for v in vals):
+    return None
+  return float(np.mean(vals))
+
+
+def sources(records: Iterable[dict[str, Any]]) -> list[str]:
+  """The learned-optimizer sources in ``records``, oldest step first."""
+  def order(s):
+    kind, _, val = s.partition(":")
+    return (0, int(val), "") if kind == "step" else (1, 0, s)
+  return sorted({r["source"] for r in records}, key=order)
+
+
+def summarize(records: list[dict[str, Any]], source: str
+              ) -> list[dict[str, Any]]:
+  """Per task at ``source``: the learned optimizer against tuned baselines.
+
+  Each baseline is tuned per task: its learning rate with the lowest mean
+  final loss over seeds. Returns rows with ``task``, ``learned`` (mean
+  final loss), ``learned_diverged`` (seeds), ``baselines`` ({name: (loss,
+  lr)}), ``best`` (name of the best tuned baseline), ``ratio`` (learned /
+  best baseline; inf when the learned optimizer diverged), ``winner`` and
+  the task's metric for both.
+  """
+  by_task: dict[str, list] = collections.defaultdict(list)
+  for r in records:
+    if r["source"] == source:
+      by_task[r["task"]].append(r)
+  rows = []
+  for task, recs in sorted(by_task.items()):
+    learned = [r for r in recs if r["optimizer"] == "learned"]
+    groups: dict[tuple, list] = collections.defaultdict(list)
+    for r in recs:
+      if r["optimizer"] != "learned":
+        groups[(r["optimizer"], r["hparams"].get("learning_rate"))].append(r)
+    tuned: dict[str, tuple[float, Any, list]] = {}
+    for (name, lr), rs in groups.items():
+      m = mean_loss(rs)
+      if name not in tuned or m < tuned[name][0]:
+        tuned[name] = (m, lr, rs)
+    best = min(tuned, key=lambda n: tuned[n][0]) if tuned else None
+    l_loss = mean_loss(learned) if learned else math.nan
+    b_loss = tuned[best][0] if best else math.nan
+    if not learned or best is None:
+      ratio, winner = math.nan, "incomplete"
+    elif math.isinf(l_loss):
+      ratio, winner = math.inf, best
+    elif math.isinf(b_loss):
+      ratio, winner = 0.0, "learned"
+    else:
+      ratio = (l_loss + 1e-12) / (b_loss + 1e-12)
+      winner = "learned" if l_loss < b_loss else best
+    metric = recs[0].get("metric") or ""
+    rows.append({
+        "task": task, "metric": metric, "learned": l_loss,
+        "learned_diverged": sum(bool(r.get("diverged")) for r in learned),
+        "seeds": len(learned),
+        "baselines": {n: (v[0], v[1]) for n, v in sorted(tuned.items())},
+        "best": best, "best_loss": b_loss, "ratio": ratio, "winner": winner,
+        "learned_metric": mean_metric(learned, metric) if metric else None,
+        "best_metric": (mean_metric(tuned[best][2], metric)
+                        if metric and best else None),
+    })
+  return rows

@@ -1,0 +1,71 @@
+"""Records: atomic appends, torn lines, honest comparisons."""
+
+import json
+import math
+
+from evaluators import records
+
+
+def _rec(key, optimizer, loss, lr=None, task="t", source="step:5",
+         diverged=False):
+  return {"key": key, "source": source, "task": task,
+          "optimizer": optimizer, "metric": "accuracy",
+          "hparams": {} if lr is None else {"learning_rate": lr},
+          "final_loss": loss, "diverged": diverged,
+          "metrics": {"accuracy": 0.5}}
+
+
+def test_a_torn_last_line_is_skipped_and_closed_by_the_next_append(tmp_path):
+  path = tmp_path / "eval" / "records.jsonl"
+  w = records.RecordWriter(str(path))
+  w.append(_rec("a", "adam", 1.0, 1e-3))
+  with open(path, "a") as f:
+    f.write('{"key": "b", "optimi')  # a writer killed mid-line
+  assert [r["key"] for r in records.read(str(path))] == ["a"]
+  w2 = records.RecordWriter(str(path))
+  assert w2.has("a") and not w2.has("b")
+  w2.append(_rec("b", "adam", 2.0, 1e-2))
+  assert [r["key"] for r in records.read(str(path))] == ["a", "b"]
+
+
+def test_non_finite_values_never_reach_the_file(tmp_path):
+  w = records.RecordWriter(str(tmp_path / "r.jsonl"))
+  try:
+    w.append(_rec("x", "adam", float("inf")))
+  except ValueError:
+    pass
+  else:
+    raise AssertionError("an inf final loss was written")
+
+
+def test_baselines_are_tuned_per_task_and_divergence_loses():
+  recs = [
+      _rec("1", "adam", 0.5, 1e-3), _rec("2", "adam", 0.2, 1e-2),
+      _rec("3", "adam", None, 1e-1, diverged=True),
+      _rec("4", "sgdm", 0.4, 0.1),
+      _rec("5", "learned", 0.1), _rec("6", "learned", 0.2),
+  ]
+  (row,) = records.summarize(recs, "step:5")
+  assert row["baselines"]["adam"] == (0.2, 1e-2)  # best lr, diverged lr out
+  assert row["best"] == "adam" and row["winner"] == "learned"
+  assert math.isclose(row["ratio"], 0.15 / 0.2)
+  # One diverged seed makes the learned optimizer's mean infinite: it loses.
+  recs.append(_rec("7", "learned", None, diverged=True))
+  (row,) = records.summarize(recs, "step:5")
+  assert math.isinf(row["learned"]) and row["winner"] == "adam"
+  assert math.isinf(row["ratio"]) and row["learned_diverged"] == 1
+  # Every baseline diverged: the learned optimizer wins if it did not.
+  recs = [_rec("1", "adam", None, 1e-3, diverged=True),
+          _rec("2", "learned", 3.0)]
+  (row,) = records.summarize(recs, "step:5")
+  assert row["winner"] == "learned" and row["ratio"] == 0.0
+
+
+def test_sources_are_ordered_by_step():
+  recs = [_rec("a", "adam", 1.0, source=s)
+          for s in ("step:20", "file:x@1", "step:3", "step:100")]
+  assert records.sources(recs) == ["step:3", "step:20", "step:100",
+                                   "file:x@1"]
+  key = records.record_key("step:3", "t", "adam", {"learning_rate": 0.1}, 0,
+                           10)
+  assert json.loads(key)[0] == "step:3"
