@@ -175,3 +175,21 @@ def summarize(records: list[dict[str, Any]], source: str
                         if metric and best else None),
     })
   return rows
+
+
+def score(rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """One source's headline figures from its ``summarize`` rows.
+
+  ``geomean_ratio`` (learned / best tuned baseline, lower is better; inf if
+  the learned optimizer diverged anywhere, None while incomplete), ``wins``,
+  ``tasks``, ``diverged`` (tasks with a diverged learned seed) and
+  ``complete``.
+  """
+  ratios = np.array([r["ratio"] for r in rows], float)
+  complete = bool(rows) and all(r["winner"] != "incomplete" for r in rows)
+  geo = None
+  if complete:
+    geo = float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-300)))))
+  return {"geomean_ratio": geo, "wins": int(np.sum(ratios < 1)),
+          "tasks": len(rows), "complete": complete,
+          "diverged": int(sum(r["learned_diverged"] > 0 for r in rows))}

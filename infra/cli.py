@@ -89,6 +89,72 @@ def _cmd_prepare(args) -> int:
   return 0
 
 
+def _cmd_monitor(args) -> int:
+  import os  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  from evaluators import report  # pylint: disable=import-outside-toplevel
+  if not os.path.isdir(args.workdir):
+    print(f"lopt: error: workdir {args.workdir} does not exist: start "
+          f"`lopt train --workdir {args.workdir}` first", file=sys.stderr)
+    return 2
+  if args.interval <= 0:
+    print("lopt: error: --interval must be > 0", file=sys.stderr)
+    return 2
+  try:
+    while True:
+      recs = report.load(args.workdir)
+      if args.watch:
+        print("\033[2J\033[H", end="")  # clear the terminal
+      print("\n".join(report.table(recs)), flush=True)
+      if args.html:
+        report.write_html(args.workdir, args.html)
+        print(f"report: {args.html}", flush=True)
+      if not args.watch:
+        return 0
+      time.sleep(args.interval)
+  except KeyboardInterrupt:
+    return 0
+
+
+def _cmd_export(args) -> int:
+  from infra import export_cmd  # pylint: disable=import-outside-toplevel
+  try:
+    if args.inspect:
+      print(export_cmd.inspect(args.inspect))
+      return 0
+    if not args.workdir or not args.out:
+      raise export_cmd.ExportError("export needs --workdir W and --out "
+                                   "FILE.lopt (or --inspect FILE.lopt)")
+    meta = export_cmd.export_checkpoint(args.workdir, args.out, args.step,
+                                        args.best)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"lopt: error: {e}", file=sys.stderr)
+    return 2
+  ev = meta["evaluation"]
+  summary = ("no evaluation recorded" if ev is None else
+             f"learned wins {ev['tasks_won']}/{ev['tasks']} tasks of suite "
+             f"{ev['suite']}, geometric-mean ratio "
+             f"{ev['geomean_ratio_to_best_baseline']}")
+  print(f"wrote {args.out}: checkpoint step {meta['source']['step']} "
+        f"({meta['source']['selected_by']}); {summary}. Use it with "
+        f"metatrain.load_optimizer({args.out!r})")
+  return 0
+
+
+MONITOR_EXAMPLES = """examples:
+  lopt monitor --workdir runs/default
+  lopt monitor --workdir runs/default --html report.html
+  lopt monitor --workdir runs/default --html report.html --watch
+  tensorboard --logdir runs/default/tb        # live training curves
+"""
+
+EXPORT_EXAMPLES = """examples:
+  lopt export --workdir runs/default --out my.lopt             # newest
+  lopt export --workdir runs/default --best --out best.lopt    # best evaluated
+  lopt export --workdir runs/default --step 500 --out s500.lopt
+  lopt export --inspect best.lopt
+"""
+
 EVALUATE_EXAMPLES = """examples:
   lopt evaluate --workdir runs/default                 # follow new checkpoints
   lopt evaluate --workdir runs/default --once          # newest checkpoint, then exit
@@ -98,8 +164,15 @@ EVALUATE_EXAMPLES = """examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+def _cmd_launch(args) -> int:
+  from infra import launch  # pylint: disable=import-outside-toplevel
+  return launch.main(args)
+
+
+def build_parser(parser_class=argparse.ArgumentParser
+                 ) -> argparse.ArgumentParser:
+  """The ``lopt`` parser; ``parser_class`` also builds the subcommands'."""
+  p = parser_class(
       prog="lopt",
       description="Meta-train learned optimizers (hierarchical RNN, "
       "Wichrowska et al. 2017) and ship them as optax transformations.")
@@ -164,6 +237,33 @@ def build_parser() -> argparse.ArgumentParser:
                  "over N evaluators)")
   e.set_defaults(func=_cmd_evaluate)
 
+  m = sub.add_parser(
+      "monitor", help="the evaluators' results: a terminal table (learned "
+      "vs tuned baselines per task, trend over checkpoints) and an HTML "
+      "report", epilog=MONITOR_EXAMPLES,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  m.add_argument("--workdir", required=True)
+  m.add_argument("--html", metavar="FILE",
+                 help="also write a self-contained HTML report with plots")
+  m.add_argument("--watch", action="store_true",
+                 help="refresh the table (and report) every --interval s")
+  m.add_argument("--interval", type=float, default=30.0)
+  m.set_defaults(func=_cmd_monitor)
+
+  x = sub.add_parser(
+      "export", help="write a checkpoint as a single .lopt optimizer file "
+      "(or --inspect one)", epilog=EXPORT_EXAMPLES,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  x.add_argument("--workdir")
+  pick = x.add_mutually_exclusive_group()
+  pick.add_argument("--step", type=int, help="this checkpoint step")
+  pick.add_argument("--best", action="store_true",
+                    help="the checkpoint with the best evaluator score")
+  x.add_argument("--out", metavar="FILE.lopt")
+  x.add_argument("--inspect", metavar="FILE.lopt",
+                 help="print a .lopt file's metadata and exit")
+  x.set_defaults(func=_cmd_export)
+
   pr = sub.add_parser("prepare", help="prepare an evaluation dataset "
                       "(imagenet2012 from your manual download)")
   pr.add_argument("dataset", choices=["imagenet"])
@@ -174,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                   help="TFDS data dir (default: $TFDS_DATA_DIR or "
                   "~/tensorflow_datasets)")
   pr.set_defaults(func=_cmd_prepare)
+
+  from infra import launch  # pylint: disable=import-outside-toplevel
+  launch.add_parser(sub).set_defaults(func=_cmd_launch)
 
   k = sub.add_parser("tasks", help="list the meta-training task families")
   k.add_argument("--no-mlps", action="store_true",

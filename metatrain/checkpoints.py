@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import warnings
 from collections.abc import Iterator
@@ -135,8 +136,26 @@ class Checkpointer:
           save_decision_policy=ocm.FixedIntervalPolicy(cfg.save_every),
           preservation_policy=ocm.AnyPreservationPolicy(keep),
           cleanup_tmp_directories=False)
-    self._mngr = ocp.CheckpointManager(self.directory, options=opts)
+    self._opts = opts
+    self._mngr_obj: ocp.CheckpointManager | None = None
+    if not read_only:
+      self._mngr_obj = ocp.CheckpointManager(self.directory, options=opts)
     self.all_steps()  # warn about skipped entries on open
+
+  @property
+  def _mngr(self) -> ocp.CheckpointManager:
+    """The Orbax manager; a read-only one is opened on first use, once the
+    run has saved (Orbax would warn about a missing or read-only dir)."""
+    if self._mngr_obj is None:
+      absl_log = logging.getLogger("absl")
+      level = absl_log.level
+      absl_log.setLevel(logging.ERROR)  # "Given directory is read only"
+      try:
+        self._mngr_obj = ocp.CheckpointManager(self.directory,
+                                               options=self._opts)
+      finally:
+        absl_log.setLevel(level)
+    return self._mngr_obj
 
   def save(self, step: int, *, theta: Any, opt_state: Any,
            counters: dict[str, int], rng_state: dict[str, Any],
@@ -264,6 +283,12 @@ class Checkpointer:
     self._check(theta, meta["theta_digest"], "theta", path)
     return meta["config"], theta
 
+  def restore_meta(self, step: int | None = None) -> dict[str, Any]:
+    """The JSON part of ``state`` (counters, RNG state, config, step)."""
+    step, path = self._resolve(step)
+    return self._restore(step, path,
+                         state_meta=ocp.args.JsonRestore())["state_meta"]
+
   def restore(self, step: int | None = None, *,
               opt_state_template: Any) -> dict[str, Any]:
     """Restores everything needed to resume training.
@@ -296,7 +321,8 @@ class Checkpointer:
     """Waits for pending saves and releases Orbax resources."""
     if not self.read_only:
       self.wait()
-    self._mngr.close()
+    if self._mngr_obj is not None:
+      self._mngr_obj.close()
 
   def __enter__(self) -> Checkpointer:
     return self

@@ -56,6 +56,46 @@ def theta_digest(theta) -> str:
   return h.hexdigest()[:16]
 
 
+def hardware_info() -> dict[str, Any]:
+  """The driver host and the Ray cluster's nodes, for provenance."""
+  import platform  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  import ray  # pylint: disable=import-outside-toplevel
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((l.split(":", 1)[1].strip() for l in f
+                  if l.startswith("model name")), cpu)
+  except OSError:
+    pass
+  nodes = [{"host": n.get("NodeManagerHostname", ""),
+            "resources": {k: v for k, v in n.get("Resources", {}).items()
+                          if k in ("CPU", "GPU", "TPU", "memory")}}
+           for n in ray.nodes() if n.get("Alive")]
+  return {"driver_host": socket.gethostname(), "driver_cpu": cpu,
+          "jax_backend": jax.default_backend(),
+          "driver_devices": sorted({d.device_kind for d in jax.devices()}),
+          "nodes": nodes}
+
+
+def record_session(workdir: str, start_step: int) -> None:
+  """Appends this session (command, time, hardware) to run_info.json."""
+  path = os.path.join(workdir, "run_info.json")
+  try:
+    with open(path) as f:
+      info = json.load(f)
+  except (OSError, ValueError):
+    info = {"sessions": []}
+  info["sessions"].append({
+      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+      "command": " ".join(["lopt", *sys.argv[1:]]),
+      "start_step": start_step, "hardware": hardware_info()})
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(info, f, indent=2)
+  os.replace(tmp, path)
+
+
 def default_num_workers(cfg: TrainConfig) -> int:
   """Workers that fit the cluster, leaving one CPU for the learner."""
   import ray  # pylint: disable=import-outside-toplevel
@@ -148,6 +188,8 @@ def run(cfg: TrainConfig, args) -> int:
        f"{state.step} -> {steps_target}, workdir {workdir}")
   tb = _TB(os.path.join(workdir, "tb"))
   t0, start_step = time.time(), state.step
+  base = dict(state.counters)  # restored counters of earlier sessions
+  record_session(workdir, start_step)
   evals = None
   if cfg.evaluator.count:
     from evaluators.actor import EvaluatorPool  # pylint: disable=import-outside-toplevel
@@ -165,10 +207,17 @@ def run(cfg: TrainConfig, args) -> int:
               counters=st.counters, rng_state=rng.bit_generator.state,
               config=cfg_dict, force=force)
 
+  def sync_session_counters(st: learner.LearnerState) -> None:
+    st.counters["train_seconds"] = round(
+        base.get("train_seconds", 0) + time.time() - t0, 1)
+    if evals is not None:
+      for k, v in evals.counters.items():
+        st.counters[k] = base.get(k, 0) + v
+
   def on_step(st: learner.LearnerState, m: dict) -> None:
     if evals is not None:
       evals.poll()
-      st.counters.update(evals.counters)
+    sync_session_counters(st)
     tb.step(st.step, m, st.counters)
     if (st.step % cfg.log_every == 0 or st.step == steps_target or
         st.step - start_step <= 3):
@@ -192,13 +241,14 @@ def run(cfg: TrainConfig, args) -> int:
                         call_timeout_s=cfg.worker.call_timeout_s,
                         max_failures=(cfg.worker.max_restarts + 1
                                       if cfg.worker.max_restarts >= 0 else 0))
+    sync_session_counters(state)
     save(state, force=True)
     ckpt.wait()
     _log(f"done at step {state.step}; checkpoints in {workdir}/checkpoints")
     if evals is not None and not stop["flag"]:
       evals.finish(state.step, cfg.evaluator.final_timeout_s,
                    should_stop=lambda: stop["flag"])
-      state.counters.update(evals.counters)
+      sync_session_counters(state)
   finally:
     ckpt.close()
     tb.close()

@@ -1,0 +1,166 @@
+"""A user's day on a real short run: train with an evaluator, evaluate,
+monitor (terminal and HTML in headless Chromium), export and use the file.
+
+One ``lopt train --evaluators 1`` run on a real local Ray instance (real
+Orbax checkpoints, real evaluator actor) serves every test in this module.
+"""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import metatrain
+from evaluators import records
+from evaluators.models.convnets import MLP
+
+pytestmark = pytest.mark.slow
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SUITE = ['tasks=["digits_mlp"]', "steps=20", "seeds=1", 'baselines=["adam"]',
+         "adam_lrs=[0.003, 0.03]", "eval_every=0"]
+TRAIN = ["--config", "tiny", "--set", 'tasks.families=["quadratic"]',
+         "--set", "tasks.num_groups=1", "--set", "unroll.min_steps=5",
+         "--set", "unroll.max_steps=5", "--set", "learner.save_every=1",
+         "--set", "learner.max_staleness=100", "--steps", "3",
+         "--set", f"evaluator.suite_overrides={json.dumps(SUITE)}",
+         "--set", "evaluator.poll_s=1"]
+
+
+def _lopt(*args, timeout=600):
+  return subprocess.run([sys.executable, "-m", "infra.cli", *map(str, args)],
+                        cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout,
+                        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("workflow") / "run"
+  out = _lopt("train", "--workdir", wd, "--evaluators", 1, *TRAIN,
+              timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "1 evaluator(s) on suite small" in out.stderr
+  return wd
+
+
+def test_the_evaluator_records_learned_and_baselines(run):
+  recs = records.read(str(run / "eval" / "records.jsonl"))
+  final = [r for r in recs if r["source"] == "step:3"]
+  assert {(r["optimizer"], r["hparams"].get("learning_rate"))
+          for r in final} == {("learned", None), ("adam", 0.003),
+                              ("adam", 0.03)}
+  assert all(r["task"] == "digits_mlp" and r["final_loss"] is not None
+             and 0 <= r["metrics"]["accuracy"] <= 1 for r in final)
+  (row,) = records.summarize(recs, "step:3")
+  assert row["best"] == "adam" and row["winner"] in ("learned", "adam")
+  assert (run / "tb" / "eval").is_dir()
+  counters = json.loads((run / "counters.json").read_text())
+  assert counters["evaluator_errors"] == 0 and counters["train_seconds"] > 0
+  # The same evaluation from the command line finds everything recorded.
+  again = _lopt("evaluate", "--workdir", run, "--once",
+                *sum((["--set", s] for s in SUITE), []))
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "0 runs, 0 from the baseline cache, 3 already recorded" in (
+      again.stdout)
+  assert "step:3: learned vs tuned baselines" in again.stdout
+
+
+def test_monitor_table_and_html_report_in_chromium(run, tmp_path):
+  html = tmp_path / "report.html"
+  out = _lopt("monitor", "--workdir", run, "--html", html)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "newest evaluated: step:3" in out.stdout
+  row = next(l for l in out.stdout.splitlines() if l.startswith("digits_mlp"))
+  assert re.search(r"adam\s+[\d.]+\s+[\d.]+", row), row  # winner and ratio
+  assert "learned wins" in out.stdout
+  page = html.read_text()
+  assert "src='http" not in page and "<script src" not in page  # standalone
+  chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+  assert chromium, "headless Chromium is needed (apt-get install chromium)"
+  dom = subprocess.run(
+      [chromium, "--headless", "--no-sandbox", "--disable-gpu",
+       "--disable-quic", "--no-first-run", "--disable-background-networking",
+       "--disable-component-update", "--disable-sync",
+       f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+       "--v=0", "--virtual-time-budget=5000", "--dump-dom",
+       html.as_uri()], capture_output=True, text=True, timeout=120)
+  assert dom.returncode == 0, dom.stderr[-2000:]
+  plots = re.search(r'data-plots="(\d+)"', dom.stdout)
+  ok = re.search(r'data-plots-ok="(\d+)"', dom.stdout)
+  # Loss curves, evaluation across checkpoints and meta-training curves.
+  assert plots and int(plots.group(1)) == 3
+  assert ok and ok.group(1) == plots.group(1)
+  console = [l for l in dom.stderr.splitlines() if "CONSOLE" in l]
+  assert not console, console
+
+
+def test_export_load_and_train_a_flax_model(run, tmp_path):
+  out_file = tmp_path / "best.lopt"
+  out = _lopt("export", "--workdir", run, "--best", "--out", out_file)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "best evaluator score" in out.stdout
+  _, _, meta = metatrain.read_optimizer(out_file)
+  assert meta["source"]["step"] in (1, 2, 3)
+  assert meta["train_config"]["unroll"]["max_steps"] == 5
+  assert meta["meta_training"]["seconds"] > 0
+  assert meta["meta_training"]["sessions"][0]["command"].startswith(
+      "lopt train")
+  assert meta["meta_training"]["sessions"][0]["hardware"]["nodes"]
+  ev = meta["evaluation"]
+  assert ev["suite"] == "small" and ev["tasks"] == 1 and ev["complete"]
+  shown = _lopt("export", "--inspect", out_file)
+  assert shown.returncode == 0 and '"selected_by"' in shown.stdout
+  newest = _lopt("export", "--workdir", run, "--step", 3, "--out",
+                 tmp_path / "s3.lopt")
+  assert newest.returncode == 0, newest.stderr
+  # The file is a plain optax transformation: train a Flax MLP with it.
+  tx = metatrain.load_optimizer(tmp_path / "s3.lopt")
+  model = MLP(hidden=(16,), num_classes=3)
+  x = jax.random.normal(jax.random.PRNGKey(0), (32, 5))
+  y = jnp.arange(32) % 3
+  params = model.init(jax.random.PRNGKey(1), x)
+  loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+      model.apply(p, x), y).mean()
+  state = tx.init(params)
+  before = float(loss(params))
+  for _ in range(5):
+    grads = jax.grad(loss)(params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  after = float(loss(params))
+  assert np.isfinite(after) and after != before
+
+
+def test_bad_input_gives_one_line_and_exit_2(run, tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  corrupt = tmp_path / "corrupt.lopt"
+  corrupt.write_bytes(b"\x00garbage")
+  cases = [
+      (["monitor", "--workdir", tmp_path / "missing"], "does not exist"),
+      (["export", "--workdir", tmp_path / "missing", "--out", "x.lopt"],
+       "does not exist"),
+      (["export", "--workdir", empty, "--out", "x.lopt"],
+       "no complete checkpoint"),
+      (["export", "--workdir", run, "--step", 99, "--out", "x.lopt"],
+       "no checkpoint at step 99"),
+      (["export", "--inspect", corrupt], "corrupt.lopt"),
+      (["evaluate", "--workdir", empty, "--once"], "no complete checkpoint"),
+  ]
+  for args, expected in cases:
+    out = _lopt(*args, timeout=120)
+    errors = [l for l in out.stderr.splitlines() if l.strip()]
+    assert out.returncode == 2, (args, out.stderr)
+    assert len(errors) == 1 and errors[0].startswith("lopt: error:"), (
+        args, out.stderr)
+    assert expected in errors[0], (args, errors)
