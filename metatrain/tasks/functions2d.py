@@ -1,7 +1,9 @@
 """The classic 2-D optimization test functions, clean or noisy.
 
 Every function is non-negative (offsets where needed, as in the reference,
-and a clip at 0 against rounding). "Noisy" adds ``noise * N(0, 1)`` to the
+and a clip at 0 against rounding). Initial points come from the reference's
+boxes (``INITS``), e.g. Ackley in [-32.768, 32.768]^2 and Rosenbrock in
+[-5, 10]^2. "Noisy" adds ``noise * N(0, 1)`` to the
 gradient, as the reference's ``noise_stdev`` does; the loss stays clean.
 """
 
@@ -61,18 +63,34 @@ def styblinski_tang(x, y):
   return 0.5 * (f(x) + f(y)) + 80.0  # 2-D minimum is about -78.33
 
 
-# name -> (function, init box low (x, y), init box high (x, y)).
 FUNCTIONS = {
-    "ackley": (ackley, (-5.0, -5.0), (5.0, 5.0)),
-    "beale": (beale, (-3.0, -3.0), (3.0, 3.0)),
-    "booth": (booth, (-10.0, -10.0), (10.0, 10.0)),
-    "branin": (branin, (-5.0, 0.0), (10.0, 15.0)),
-    "logsumexp": (logsumexp, (-3.0, -3.0), (3.0, 3.0)),
-    "matyas": (matyas, (-10.0, -10.0), (10.0, 10.0)),
-    "michalewicz": (michalewicz, (0.0, 0.0), (math.pi, math.pi)),
-    "rosenbrock": (rosenbrock, (-2.0, -1.0), (2.0, 3.0)),
-    "styblinski_tang": (styblinski_tang, (-5.0, -5.0), (5.0, 5.0)),
+    "ackley": ackley, "beale": beale, "booth": booth, "branin": branin,
+    "logsumexp": logsumexp, "matyas": matyas, "michalewicz": michalewicz,
+    "rosenbrock": rosenbrock, "styblinski_tang": styblinski_tang,
 }
+
+# Initial points, as the reference's ``init_tensors`` (problem_generator.py):
+# name -> ("uniform", (x_lo, y_lo), (x_hi, y_hi)), a box, or
+# ("normal", mean, stdev) per coordinate (the reference's default init).
+INITS = {
+    "ackley": ("uniform", (-32.768, -32.768), (32.768, 32.768)),
+    "beale": ("uniform", (-4.5, -4.5), (4.5, 4.5)),
+    "booth": ("uniform", (-10.0, -10.0), (10.0, 10.0)),
+    "branin": ("uniform", (-5.0, 0.0), (10.0, 15.0)),
+    "logsumexp": ("normal", 0.0, 1.0),  # no init_tensors: N(0, 1)
+    "matyas": ("uniform", (-10.0, -10.0), (10.0, 10.0)),
+    "michalewicz": ("uniform", (0.0, 0.0), (math.pi, math.pi)),
+    "rosenbrock": ("uniform", (-5.0, -5.0), (10.0, 10.0)),
+    "styblinski_tang": ("uniform", (-5.0, -5.0), (5.0, 5.0)),
+}
+
+
+def init_point(name: str, key) -> jax.Array:
+  """A random initial point ``(x, y)`` of function ``name`` (see INITS)."""
+  kind, a, b = INITS[name]
+  if kind == "normal":
+    return a + b * jax.random.normal(key, (2,))
+  return uniform(key, (2,), minval=jnp.array(a), maxval=jnp.array(b))
 
 
 def _build(cfg: TaskConfig) -> FnTask:
@@ -80,12 +98,10 @@ def _build(cfg: TaskConfig) -> FnTask:
   if name not in FUNCTIONS:
     raise ValueError(f"unknown 2-D function {name!r}; known: "
                      f"{', '.join(FUNCTIONS)}")
-  fn, lo, hi = FUNCTIONS[name]
+  fn = FUNCTIONS[name]
 
   def init(key):
-    x = uniform(key, (2,), minval=jnp.array(lo),
-                           maxval=jnp.array(hi))
-    return {"x": x}, {}
+    return {"x": init_point(name, key)}, {}
 
   def loss(p, d, key):
     del d, key

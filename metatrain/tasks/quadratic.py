@@ -1,4 +1,4 @@
-"""Quadratic problems: noisy quadratics, large rotated ones, 2-D bowls."""
+"""Quadratic problems: noisy quadratics, large rotated ones, (sparse) bowls."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from metatrain.tasks.base import (FnTask, TaskConfig, TaskFamily, choice,
                                   normal, normal_tree, uniform)
+from metatrain.tasks.transforms import Sparse
 
 
 def _build_quadratic(cfg: TaskConfig) -> FnTask:
@@ -127,3 +128,45 @@ def _sample_bowl(rng):
 BOWL = TaskFamily(
     "bowl", "2-D bowl 0.5(c z1^2 + z2^2), c in {0.1,1,5}, maybe rotated by "
     "pi/4, gradient noise 0/0.1/0.5", _sample_bowl, _build_bowl)
+
+
+# (copies, zero probability) of the sparse bowls. The reference zeroes each
+# gradient entry of a 2-D bowl with p = 0.99, so 98% of its steps see an
+# all-zero gradient. Here every size keeps some signal in most truncations:
+# one bowl with p = 0.9 (19% of steps carry a gradient, each coordinate gets
+# one every ~10 steps), and 16 or 64 independent bowls with the reference's
+# p = 0.99 (each coordinate sees what it sees in the reference, and 28% or
+# 72% of steps carry some gradient).
+SPARSE_BOWL_SIZES = ((1, 0.9), (16, 0.99), (64, 0.99))
+
+
+def _build_sparse_bowl(cfg: TaskConfig):
+  """``copies`` independent 2-D bowls whose gradient entries are zeroed."""
+  cond, angle = cfg.get("cond"), cfg.get("angle", 0.0)
+  copies, p = cfg.get("copies"), cfg.get("p")
+  c, s = math.cos(angle), math.sin(angle)
+  rot_t = np.array([[c, s], [-s, c]], np.float32)  # R^T: rows z = x @ R^T
+  h = np.array([cond, 1.0], np.float32)
+
+  def init(key):
+    return {"x": uniform(key, (copies, 2), minval=-3, maxval=3)}, {}
+
+  def loss(params, data, key):
+    del data, key
+    z = params["x"] @ rot_t
+    return 0.5 * jnp.sum(h * z * z)
+
+  return Sparse(FnTask(cfg, init, loss), cfg, p)
+
+
+def _sample_sparse_bowl(rng):
+  cond = choice(rng, [0.1, 1.0, 5.0])
+  angle = choice(rng, [0.0, math.pi / 4]) if cond != 1.0 else 0.0
+  copies, p = choice(rng, SPARSE_BOWL_SIZES)
+  return {"cond": cond, "angle": angle, "copies": copies, "p": p}
+
+
+SPARSE_BOWL = TaskFamily(
+    "sparse_bowl", "1/16/64 independent 2-D bowls (as bowl, no noise) with "
+    "each gradient entry zeroed, p=0.9 (1 bowl) or 0.99 (16, 64)",
+    _sample_sparse_bowl, _build_sparse_bowl)

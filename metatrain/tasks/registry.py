@@ -8,12 +8,16 @@ from metatrain.tasks.base import Task, TaskConfig, TaskFamily
 from metatrain.tasks.classification import LOGISTIC, MLP
 from metatrain.tasks.functions2d import FN2D
 from metatrain.tasks.matmul import MATMUL
-from metatrain.tasks.quadratic import BOWL, LARGE_QUADRATIC, QUADRATIC
+from metatrain.tasks.norm import NORM
+from metatrain.tasks.quadratic import (BOWL, LARGE_QUADRATIC, QUADRATIC,
+                                       SPARSE_BOWL)
 from metatrain.tasks.transforms import TRANSFORMS, make_sum_family
 
 FAMILIES: dict[str, TaskFamily] = {
-    f.name: f for f in (QUADRATIC, LARGE_QUADRATIC, BOWL, FN2D, LOGISTIC, MLP,
-                        MATMUL)}
+    f.name: f for f in (QUADRATIC, LARGE_QUADRATIC, BOWL, SPARSE_BOWL, FN2D,
+                        NORM, LOGISTIC, MLP, MATMUL)}
+# The cheap families a sum draws its parts from.
+SUM_PART_FAMILIES = ("bowl", "fn2d", "norm", "quadratic")
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,4 +39,4 @@ def build_task(config: TaskConfig) -> Task:
 
 
 FAMILIES["sum"] = make_sum_family(
-    {k: FAMILIES[k] for k in ("quadratic", "bowl", "fn2d")}, build_task)
+    {k: FAMILIES[k] for k in SUM_PART_FAMILIES}, build_task)

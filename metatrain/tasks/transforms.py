@@ -1,14 +1,17 @@
-"""Problem transforms that wrap a Task, and the sum of two tasks.
+"""Problem transforms that wrap a Task, and the sum of several tasks.
 
-Loss transforms (``rescale``, ``log_objective``) map the loss and, by the
-chain rule, the wrapped task's (possibly altered) gradient, so they compose
-with the gradient transforms (``gradient_noise``, ``sparse``), which leave
-the loss unchanged and alter only the gradients.
+Parameter and loss transforms (``rescale``, ``param_scale``,
+``log_objective``) map the parameters or the loss and, by the chain rule,
+the wrapped task's (possibly altered) gradient, so they compose with the
+gradient transforms (``gradient_noise``, ``sparse``), which leave the loss
+unchanged and alter only the gradients.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import string
 from typing import Any, Callable
 
 import jax
@@ -17,7 +20,7 @@ import numpy as np
 
 from metatrain.tasks.base import (Task, TaskConfig, TaskFamily,
                                   add_gradient_noise, choice, log_uniform,
-                                  tree_random_like)
+                                  tree_random_like, uniform)
 
 
 class Wrapped(Task):
@@ -96,6 +99,59 @@ class Rescale(Wrapped):
     return loss, jax.tree_util.tree_map(lambda x: x / self.scale, g)
 
 
+PARAM_SCALE_RANGE = (1e-3, 1e3)
+
+
+class ParamScale(Wrapped):
+  """Per-tensor reparameterization ``p = s * p'``; the optimizer sees p'.
+
+  The task augmentation of Metz et al. 2022 and Celo (Moudgil et al. 2025):
+  each parameter tensor gets its own scale s, log-uniform in
+  ``PARAM_SCALE_RANGE``, drawn with the instance (``init``) and kept in its
+  data, so the scales cost no compilation and vary continuously. The loss at
+  p' is the base loss at ``s * p'``, the initial p' is ``p / s`` and the
+  gradient in p' is ``s`` times the base gradient: a tensor's values and its
+  gradients move by the inverse factors, as a layer's do under a change of
+  parameterization. Per tensor rather than per task: the optimizer has to
+  adapt each tensor's step size on its own, as it must on networks whose
+  layers (and biases) live at different scales; for one-tensor tasks the
+  two coincide. ``rescale`` (the reference's) is the per-task, static
+  version with a narrower range: each of its scales is a compilation.
+  """
+
+  def _scales(self, key, params):
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    lo, hi = (math.log(x) for x in PARAM_SCALE_RANGE)
+    logs = uniform(key, (len(leaves),), lo, hi)
+    return jax.tree_util.tree_unflatten(
+        treedef, [jnp.exp(logs[i]).astype(x.dtype)
+                  for i, x in enumerate(leaves)])
+
+  @staticmethod
+  def _to_base(params, scales):
+    return jax.tree_util.tree_map(lambda q, s: q * s, params, scales)
+
+  def init(self, key):
+    # The base instance is the untransformed task's at the same key.
+    params, data = self.base.init(key)
+    scales = self._scales(jax.random.fold_in(key, 0x5CA1E), params)
+    return (jax.tree_util.tree_map(lambda p, s: p / s, params, scales),
+            {"task": data, "scale": scales})
+
+  def loss(self, params, data, key):
+    return self.base.loss(self._to_base(params, data["scale"]), data["task"],
+                          key)
+
+  def full_loss(self, params, data):
+    return self.base.full_loss(self._to_base(params, data["scale"]),
+                               data["task"])
+
+  def loss_and_grad(self, params, data, key):
+    loss, g = self.base.loss_and_grad(self._to_base(params, data["scale"]),
+                                      data["task"], key)
+    return loss, jax.tree_util.tree_map(lambda x, s: x * s, g, data["scale"])
+
+
 class LogObjective(Wrapped):
   """``log(1 + loss)``: non-negative, and compresses huge loss ranges."""
 
@@ -135,6 +191,9 @@ TRANSFORMS: dict[str, Transform] = {t.name: t for t in (
     Transform("rescale", "optimizer sees params * scale, scale log-uniform "
               "in [0.1, 1000]", Rescale,
               lambda rng: {"scale": log_uniform(rng, 0.1, 1000.0)}),
+    Transform("param_scale", "per tensor, optimizer sees p / s, s "
+              "log-uniform in [1e-3, 1e3] per instance", ParamScale,
+              lambda rng: {}),
     Transform("log_objective", "loss -> log(1 + loss)",
               LogObjective, lambda rng: {}),
     Transform("gradient_noise", "adds N(0, stdev^2) to gradients, stdev "
@@ -144,44 +203,66 @@ TRANSFORMS: dict[str, Transform] = {t.name: t for t in (
               ">= 20 params)", Sparse,
               lambda rng: {"p": 0.99}),
 )}
-# Sampled transforms are applied in this order: loss transforms first, so
-# that the gradient transforms act on the final gradients.
-ORDER = ("rescale", "log_objective", "gradient_noise", "sparse")
+# Sampled transforms are applied in this order: parameter and loss
+# transforms first, so that the gradient transforms act on the final
+# gradients.
+ORDER = ("rescale", "param_scale", "log_objective", "gradient_noise",
+         "sparse")
+
+
+MAX_SUM_PARTS = len(string.ascii_lowercase)
 
 
 class SumTask(Task):
-  """The sum of two tasks' losses; params and data are ``{"a", "b"}``."""
+  """The sum of several tasks' losses.
 
-  def __init__(self, config: TaskConfig, a: Task, b: Task):
-    self.config, self.a, self.b = config, a, b
+  Params and data are dicts keyed ``"a", "b", ...`` by part (in order, so
+  the leaves keep the parts' order).
+  """
+
+  def __init__(self, config: TaskConfig, parts: tuple[Task, ...]):
+    if not 1 <= len(parts) <= MAX_SUM_PARTS:
+      raise ValueError(f"a sum has 1 to {MAX_SUM_PARTS} parts, "
+                       f"got {len(parts)}")
+    self.config, self.parts = config, tuple(parts)
+    self.keys = string.ascii_lowercase[:len(parts)]
+
+  def _split(self, key):
+    return jax.random.split(key, len(self.parts))
 
   def init(self, key):
-    ka, kb = jax.random.split(key)
-    pa, da = self.a.init(ka)
-    pb, db = self.b.init(kb)
-    return {"a": pa, "b": pb}, {"a": da, "b": db}
+    params, data = {}, {}
+    for k, part, kp in zip(self.keys, self.parts, self._split(key)):
+      params[k], data[k] = part.init(kp)
+    return params, data
 
   def loss(self, params, data, key):
-    ka, kb = jax.random.split(key)
-    return (self.a.loss(params["a"], data["a"], ka) +
-            self.b.loss(params["b"], data["b"], kb))
+    return sum(part.loss(params[k], data[k], kp) for k, part, kp in
+               zip(self.keys, self.parts, self._split(key)))
 
   def full_loss(self, params, data):
-    return (self.a.full_loss(params["a"], data["a"]) +
-            self.b.full_loss(params["b"], data["b"]))
+    return sum(part.full_loss(params[k], data[k])
+               for k, part in zip(self.keys, self.parts))
 
   def loss_and_grad(self, params, data, key):
-    ka, kb = jax.random.split(key)
-    la, ga = self.a.loss_and_grad(params["a"], data["a"], ka)
-    lb, gb = self.b.loss_and_grad(params["b"], data["b"], kb)
-    return la + lb, {"a": ga, "b": gb}
+    total, grads = 0.0, {}
+    for k, part, kp in zip(self.keys, self.parts, self._split(key)):
+      loss, grads[k] = part.loss_and_grad(params[k], data[k], kp)
+      total = total + loss
+    return total, grads
+
+
+SUM_PARTS = (2, 3, 5, 8, 11)  # the reference's sums had 2 to 11 parts
 
 
 def make_sum_family(parts: dict[str, TaskFamily],
-                    build: Callable[[TaskConfig], Task]) -> TaskFamily:
-  """The ``sum`` family: two sub-tasks sampled from ``parts``.
+                    build: Callable[[TaskConfig], Task],
+                    num_parts: tuple[int, ...] = SUM_PARTS) -> TaskFamily:
+  """The ``sum`` family: sub-tasks sampled from ``parts``, summed.
 
-  Quadratic parts get small dims (3-13), as in the reference's sum problems.
+  The number of parts is drawn from ``num_parts`` (none is drawn if it has
+  one value). Quadratic parts get small dims (3-13), as in the reference's
+  sum problems. Every part's loss is non-negative, so the sum's is too.
   """
   names = sorted(parts)
 
@@ -193,11 +274,12 @@ def make_sum_family(parts: dict[str, TaskFamily],
     return cfg
 
   def sample(rng):
-    return {"parts": (sample_part(rng), sample_part(rng))}
+    n = num_parts[0] if len(num_parts) == 1 else choice(rng, num_parts)
+    return {"parts": tuple(sample_part(rng) for _ in range(n))}
 
   def build_sum(cfg: TaskConfig):
-    a, b = cfg.get("parts")
-    return SumTask(cfg, build(a), build(b))
+    return SumTask(cfg, tuple(build(p) for p in cfg.get("parts")))
 
-  return TaskFamily("sum", "sum of the losses of two tasks from: " +
+  counts = "/".join(map(str, num_parts))
+  return TaskFamily("sum", f"sum of the losses of {counts} tasks from: " +
                     ", ".join(names), sample, build_sum)

@@ -16,10 +16,38 @@ from metatrain.tasks.base import log_uniform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(tasks.__file__))))
-EXPECTED_FAMILIES = {"quadratic", "large_quadratic", "bowl", "fn2d",
-                     "logistic", "mlp", "matmul_algorithm", "sum"}
-EXPECTED_TRANSFORMS = {"rescale", "log_objective", "gradient_noise",
-                       "sparse"}
+EXPECTED_FAMILIES = {"quadratic", "large_quadratic", "bowl", "sparse_bowl",
+                     "fn2d", "norm", "logistic", "mlp", "matmul_algorithm",
+                     "sum"}
+EXPECTED_TRANSFORMS = {"rescale", "param_scale", "log_objective",
+                       "gradient_noise", "sparse"}
+# The held-out TEST tasks, fixed before norm, sparse_bowl, param_scale and
+# sums of 2-11 parts joined the ensemble; recorded benchmarks refer to them.
+HOLDOUT_NAMES = [
+    "logistic(dim=100,sep=1.5,batch=50,noise=0)",
+    "fn2d(fn=beale,noise=1)",
+    "log_objective(rescale[scale=2](quadratic(dim=50,noise=0.5)))",
+    "log_objective(logistic(dim=256,sep=1.5,batch=32,noise=0))",
+    "logistic(dim=256,sep=1,batch=32,noise=0)",
+    "bowl(cond=1,angle=0,noise=0.1)",
+    "quadratic(dim=25,noise=1)",
+    "matmul_algorithm(n=3,k=22,batch=32)",
+    "large_quadratic(dim=784,log10_cond=4)",
+    "quadratic(dim=25,noise=0.5)",
+    "fn2d(fn=matyas,noise=1)",
+    "large_quadratic(dim=2048,log10_cond=3)",
+    "bowl(cond=0.1,angle=0,noise=0.5)",
+    "log_objective(sum(parts=quadratic(dim=11,noise=1) + "
+    "quadratic(dim=11,noise=2)))",
+    "matmul_algorithm(n=2,k=7,batch=32)",
+    "quadratic(dim=25,noise=1)",
+]
+# Without MLPs, entries 7, 11 and 13 differ.
+HOLDOUT_NAMES_NO_MLP = HOLDOUT_NAMES[:7] + [
+    "logistic(dim=256,sep=2,batch=50,noise=0.5)"] + HOLDOUT_NAMES[8:11] + [
+        "quadratic(dim=100,noise=1)"] + HOLDOUT_NAMES[12:13] + [
+            "sparse[p=0.99](matmul_algorithm(n=3,k=23,batch=32))"] + \
+    HOLDOUT_NAMES[14:]
 
 
 def test_registries():
@@ -77,6 +105,9 @@ def test_unknown_names_are_rejected():
     build_task(TaskConfig("fn2d", (("fn", "nope"), ("noise", 0.0))))
   with pytest.raises(TypeError):
     TaskConfig("bowl", (("cond", {1, 2}),))  # unhashable value
+  nope = tasks.TaskFamily("nope", "", lambda rng: {}, lambda c: None)
+  with pytest.raises(ValueError, match="override of unknown"):
+    tasks.Ensemble((("bowl", 1.0),), overrides=(nope,))
 
 
 def test_config_round_trip_name_and_hash():
@@ -101,6 +132,7 @@ def test_config_round_trip_name_and_hash():
     assert idx == sorted(idx)
     if "sparse" in dict(c.transforms):  # never on tiny (e.g. 2-D) problems
       assert ensemble.num_params(c) >= ensemble.SPARSE_MIN_PARAMS
+      assert c.family not in ensemble.SPARSE_FAMILIES  # nor sparse twice
   parts = (TaskConfig("bowl", (("cond", 5.0),)),
            TaskConfig("quadratic", (("dim", 3),)))
   cfg = TaskConfig("sum", (("parts", parts),),
@@ -137,6 +169,10 @@ def test_sampled_static_settings_come_from_small_sets():
   assert all(20 <= b <= 100 for b in values[("logistic", "batch")])
   assert values[("fn2d", "fn")] == set(tasks.functions2d.FUNCTIONS)
   assert values[("fn2d", "noise")] == {0.0, 1.0}
+  assert values[("norm", "dim")] == {18, 22, 27}
+  assert values[("norm", "noise")] == {0.0, 0.1}
+  assert values[("sparse_bowl", "copies")] == {1, 16, 64}
+  assert values[("sparse_bowl", "p")] == {0.9, 0.99}
   ks = {(n, k) for n in values[("matmul_algorithm", "n")]
         for k in values[("matmul_algorithm", "k")]}
   assert {k for n, k in ks} == set(range(5, 9)) | set(range(19, 25))
@@ -146,12 +182,17 @@ def test_sampled_static_settings_come_from_small_sets():
   assert 0.4 < np.mean(np.log10(draws)) < 1.6  # log-uniform: mean log ~ 1
 
 
-def test_sparse_is_skipped_for_tiny_tasks():
-  ens = tasks.Ensemble((("bowl", 1.0), ("quadratic", 1.0)),
+def test_sparse_is_skipped_for_tiny_and_already_sparse_tasks():
+  ens = tasks.Ensemble((("bowl", 1.0), ("quadratic", 1.0),
+                        ("sparse_bowl", 1.0)),
                        transform_probs=(("sparse", 1.0),))
   rng = np.random.default_rng(0)
-  for c in (ens.sample(rng) for _ in range(30)):
+  samples = [ens.sample(rng) for _ in range(60)]
+  assert {c.family for c in samples} == {"bowl", "quadratic", "sparse_bowl"}
+  for c in samples:
     assert bool(c.transforms) == (c.family == "quadratic"), c.name
+  assert any(ensemble.num_params(c) >= ensemble.SPARSE_MIN_PARAMS
+             for c in samples if c.family == "sparse_bowl")
   assert ensemble.num_params(TaskConfig("bowl", (("cond", 1.0),))) == 2
   assert ensemble.num_params(TaskConfig("mlp", (
       ("dim", 5), ("hidden", (8,)), ("act", "tanh"), ("batch", 20)))) == 57
@@ -192,6 +233,45 @@ def test_ensemble_without_mlps_and_describe():
   assert tasks.ensemble_for(False) == ens
 
 
+def test_holdout_names_are_pinned():
+  assert [c.name for c in tasks.holdout_configs(16)] == HOLDOUT_NAMES
+  assert tasks.holdout_configs(16, tasks.default_ensemble()) == \
+      tasks.holdout_configs(16) == tasks.holdout_configs(
+          16, tasks.HOLDOUT_ENSEMBLE)
+  no_mlp = tasks.holdout_configs(16, tasks.default_ensemble(False))
+  assert [c.name for c in no_mlp] == HOLDOUT_NAMES_NO_MLP
+  # The frozen ensemble is not the training one, which has grown.
+  frozen = dict(tasks.HOLDOUT_ENSEMBLE.weights)
+  assert set(frozen) == EXPECTED_FAMILIES - {"norm", "sparse_bowl"}
+  assert "param_scale" not in dict(tasks.HOLDOUT_ENSEMBLE.transform_probs)
+  assert tasks.HOLDOUT_ENSEMBLE != tasks.default_ensemble()
+  # Its sums have 2 parts; the training ensemble's 2 to 11.
+  rng = np.random.default_rng(0)
+  sums = tasks.HOLDOUT_ENSEMBLE.family("sum")
+  assert {len(sums.sample(rng).get("parts")) for _ in range(50)} == {2}
+  # Other ensembles are held out from their own samples.
+  bowls = tasks.ensemble_for(True, ("bowl",))
+  assert all(c.family == "bowl" for c in tasks.holdout_configs(8, bowls))
+
+
+def test_validation_configs_are_fixed_and_apart_from_test_and_training():
+  v1, v2 = tasks.validation_configs(16), tasks.validation_configs(16)
+  assert v1 == v2 and len(v1) == 16 and len(set(v1)) >= 12
+  assert tasks.validation_configs(4) == v1[:4]
+  ens = tasks.default_ensemble()
+  assert tasks.validation_configs(16, ens) == v1
+  assert v1 != tasks.holdout_configs(16)
+  assert sum(a == b for a, b in zip(v1, tasks.holdout_configs(16))) <= 2
+  rng = np.random.default_rng([tasks.VALIDATION_SEED, 0])
+  assert v1[0] == ens.sample(rng)  # the documented seed stream
+  for seed in range(100):  # not the stream of any training seed
+    rng = np.random.default_rng(seed)
+    assert [ens.sample(rng) for _ in range(4)] != v1[:4]
+  no_mlp = tasks.validation_configs(32, tasks.default_ensemble(False))
+  assert all(c.family != "mlp" for c in no_mlp)
+  assert tasks.VALIDATION_SEED != tasks.HOLDOUT_SEED
+
+
 def test_holdout_is_fixed_and_distinct_from_training():
   h1, h2 = tasks.holdout_configs(16), tasks.holdout_configs(16)
   assert h1 == h2 and len(h1) == 16
@@ -213,10 +293,11 @@ def test_holdout_is_fixed_and_distinct_from_training():
 
 def test_holdout_is_identical_in_another_process():
   code = ("import json; from metatrain import tasks; print(json.dumps("
-          "[c.to_dict() for c in tasks.holdout_configs(16)]))")
+          "[c.to_dict() for c in tasks.holdout_configs(16) + "
+          "tasks.validation_configs(16)]))")
   env = dict(os.environ, PYTHONHASHSEED="123", JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
                        capture_output=True, text=True,
                        cwd=ROOT).stdout
   other = [TaskConfig.from_dict(d) for d in json.loads(out)]
-  assert other == tasks.holdout_configs(16)
+  assert other == tasks.holdout_configs(16) + tasks.validation_configs(16)

@@ -17,6 +17,9 @@ def _cfg(family, transforms=(), **params):
 
 
 QUAD = _cfg("quadratic", dim=20, noise=0.0)
+SUM3 = _cfg("sum", parts=(_cfg("norm", dim=6, noise=0.0),
+                          _cfg("bowl", cond=0.1, angle=0.0, noise=0.0),
+                          _cfg("fn2d", fn="matyas", noise=0.0)))
 # Small configs of every family (and every 2-D function), fast to compile.
 SMALL = [
     _cfg("quadratic", dim=10, noise=0.5),
@@ -28,6 +31,10 @@ SMALL = [
     _cfg("sum", parts=(_cfg("quadratic", dim=5, noise=0.0),
                        _cfg("fn2d", fn="booth", noise=1.0))),
     _cfg("fn2d", fn="rosenbrock", noise=1.0),
+    _cfg("norm", dim=8, noise=0.0),
+    _cfg("norm", dim=8, noise=0.1),
+    _cfg("sparse_bowl", cond=5.0, angle=math.pi / 4, copies=1, p=0.9),
+    SUM3,
 ] + [_cfg("fn2d", fn=f, noise=0.0) for f in sorted(functions2d.FUNCTIONS)]
 
 TRANSFORMED = [
@@ -44,13 +51,14 @@ TRANSFORMED = [
 ]
 
 DETERMINISTIC = {c.name for c in SMALL if c.family in ("large_quadratic",
-                                                      "fn2d")
-                 and c.get("noise", 0.0) == 0.0} | {
+                                                      "fn2d", "norm")
+                 and c.get("noise", 0.0) == 0.0} | {SUM3.name} | {
                      TRANSFORMED[1].name, TRANSFORMED[2].name,
                      TRANSFORMED[4].name}
 
 # Adam learning rates that make 150 steps a fair test (default 0.03).
-LR = {"fn2d": 0.05, "bowl": 0.05, "mlp": 0.1, "matmul_algorithm": 0.01,
+LR = {"fn2d": 0.05, "bowl": 0.05, "sparse_bowl": 0.3, "norm": 0.1,
+      "mlp": 0.1, "matmul_algorithm": 0.01,
       "rescale[scale=10]": 0.3, "rescale[scale=0.1]": 0.003,
       "sparse[p=0.99]": 0.1, "sparse[p=0.5]": 0.3}
 
@@ -99,7 +107,9 @@ def test_finite_nonnegative_and_adam_reduces(cfg):
                   jax.tree_util.tree_leaves(params)):
     assert g.shape == p.shape and g.dtype == p.dtype == jnp.float32
     assert np.all(np.isfinite(np.asarray(g)))
-  assert float(f1) < 0.9 * float(f0), (cfg.name, float(f0), float(f1))
+  # Ackley from the reference's +-32.8 box: Adam stops in a local minimum.
+  ratio = 0.95 if cfg.name.startswith("fn2d(fn=ackley") else 0.9
+  assert float(f1) < ratio * float(f0), (cfg.name, float(f0), float(f1))
   flat = [np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g)])
           for g in (g0, g1)]
   # Minibatches and noise make gradients depend on the key, nothing else
@@ -214,15 +224,20 @@ def test_2d_functions_are_nonnegative_at_their_minima():
             "logsumexp": (-0.5 * math.log(2), 0.0)}
   assert set(minima) == set(functions2d.FUNCTIONS)
   names = sorted(functions2d.FUNCTIONS)
-  grid = jnp.stack(jnp.meshgrid(jnp.linspace(-6, 16, 45),
-                                jnp.linspace(-6, 16, 45)), -1).reshape(-1, 2)
+
+  def grid(name):  # 61 x 61 points over the init box (normal: +-4 stdev)
+    kind, a, b = functions2d.INITS[name]
+    lo, hi = (a, b) if kind == "uniform" else ((a - 4 * b,) * 2,
+                                               (a + 4 * b,) * 2)
+    axes = [jnp.linspace(lo[i], hi[i], 61) for i in (0, 1)]
+    return jnp.stack(jnp.meshgrid(*axes), -1).reshape(-1, 2)
 
   @jax.jit
   def evaluate(points):
     at_min = [build_task(_cfg("fn2d", fn=n, noise=0.0)).full_loss(
         {"x": points[i]}, {}) for i, n in enumerate(names)]
-    on_grid = [jnp.min(jax.vmap(lambda p, f=functions2d.FUNCTIONS[n][0]:
-                                f(p[0], p[1]))(grid)) for n in names]
+    on_grid = [jnp.min(jax.vmap(lambda p, f=functions2d.FUNCTIONS[n]:
+                                f(p[0], p[1]))(grid(n))) for n in names]
     return jnp.stack(at_min), jnp.stack(on_grid)
 
   at_min, on_grid = evaluate(jnp.array([minima[n] for n in names]))
@@ -284,3 +299,63 @@ def test_large_quadratic_init_has_no_lapack_custom_calls():
   keys = jax.random.split(jax.random.PRNGKey(0), 8)
   hlo = jax.jit(jax.vmap(task.init)).lower(keys).as_text()
   assert "custom_call" not in hlo
+
+
+def test_2d_functions_start_in_the_reference_boxes():
+  boxes = {"ackley": ((-32.768,) * 2, (32.768,) * 2),
+           "beale": ((-4.5,) * 2, (4.5,) * 2),
+           "booth": ((-10.0,) * 2, (10.0,) * 2),
+           "branin": ((-5.0, 0.0), (10.0, 15.0)),
+           "matyas": ((-10.0,) * 2, (10.0,) * 2),
+           "michalewicz": ((0.0,) * 2, (math.pi,) * 2),
+           "rosenbrock": ((-5.0,) * 2, (10.0,) * 2),
+           "styblinski_tang": ((-5.0,) * 2, (5.0,) * 2)}
+  names = sorted(functions2d.FUNCTIONS)
+  assert set(boxes) | {"logsumexp"} == set(names)
+  keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+
+  @jax.jit
+  def inits(keys):
+    return {n: jax.vmap(build_task(_cfg("fn2d", fn=n, noise=0.0)).init)(
+        keys)[0]["x"] for n in names}
+
+  xs = {n: np.asarray(x) for n, x in inits(keys).items()}
+  for name, (lo, hi) in boxes.items():
+    x, lo, hi = xs[name], np.array(lo), np.array(hi)
+    assert x.shape == (4000, 2)
+    assert np.all(x >= lo) and np.all(x <= hi), name
+    width = hi - lo  # the whole box is covered, uniformly
+    assert np.all(x.min(0) < lo + 0.01 * width), name
+    assert np.all(x.max(0) > hi - 0.01 * width), name
+    np.testing.assert_allclose(x.mean(0), (lo + hi) / 2,
+                               atol=0.03 * width.max())
+  x = xs["logsumexp"]  # no init box in the reference: N(0, 1)
+  np.testing.assert_allclose(x.mean(0), 0.0, atol=0.1)
+  np.testing.assert_allclose(x.std(0), 1.0, atol=0.1)
+  assert np.abs(x).max() > 3.0
+
+
+@pytest.mark.parametrize("copies,p", quadratic.SPARSE_BOWL_SIZES)
+def test_sparse_bowls_give_rare_but_real_gradients(copies, p):
+  cfg = _cfg("sparse_bowl", cond=5.0, angle=math.pi / 4, copies=copies, p=p)
+  task = build_task(cfg)
+  params, data = task.init(jax.random.PRNGKey(0))
+  assert params["x"].shape == (copies, 2)
+  steps = 2000
+  lg = jax.jit(jax.vmap(task.loss_and_grad, (None, None, 0)))
+  losses, grads = lg(params, data, jax.random.split(jax.random.PRNGKey(1),
+                                                    steps))
+  dense = jax.grad(task.full_loss)(params, data)["x"]
+  g, dense = np.asarray(grads["x"]), np.asarray(dense)
+  assert np.all(dense != 0)
+  nz = g != 0
+  # Surviving entries are the true gradient; the loss is never masked.
+  np.testing.assert_allclose(g[nz], np.broadcast_to(dense, g.shape)[nz],
+                             rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(losses),
+                             float(task.full_loss(params, data)), rtol=1e-6)
+  assert abs(nz.mean() - (1 - p)) < 3 * math.sqrt(p * (1 - p) / nz.size)
+  # Most steps see no gradient at all, but a good fraction see some.
+  some = nz.reshape(steps, -1).any(1).mean()
+  expected = 1 - p ** (2 * copies)
+  assert 0.15 < expected < 0.8 and abs(some - expected) < 0.05, some
