@@ -35,6 +35,40 @@ class MetaOptConfig:
       raise ValueError("meta_opt.learning_rate must be > 0")
 
 
+ESTIMATORS = ("bptt", "pes", "mix")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaGradConfig:
+  """How task groups estimate the meta-gradient (metatrain/pes.py).
+
+  "bptt": truncated backprop through time; "pes": Persistent Evolution
+  Strategies (forward only, unbiased over truncations); "mix": each sampled
+  group uses PES with probability ``mix_pes_fraction``, else BPTT.
+  Published PES learned-optimizer runs used std 0.01, 8-16 pairs per task
+  family and truncations of 50 steps.
+  """
+
+  estimator: str = "bptt"
+  pes_std: float = 0.01  # perturbation stdev per meta-parameter
+  pes_pairs: int = 8  # antithetic pairs (2x particles) per PES group
+  mix_pes_fraction: float = 0.5  # "mix": chance that a new group uses PES
+
+  def __post_init__(self):
+    if self.estimator not in ESTIMATORS:
+      raise ValueError(f"meta_grad.estimator must be one of "
+                       f"{', '.join(ESTIMATORS)}, got {self.estimator!r}")
+    if not (self.pes_std > 0 and self.pes_std < float("inf")):
+      raise ValueError(f"meta_grad.pes_std must be a finite number > 0, got "
+                       f"{self.pes_std!r}")
+    if self.pes_pairs < 1:
+      raise ValueError(f"meta_grad.pes_pairs must be >= 1, got "
+                       f"{self.pes_pairs!r}")
+    if not 0.0 <= self.mix_pes_fraction <= 1.0:
+      raise ValueError(f"meta_grad.mix_pes_fraction must be in [0, 1], got "
+                       f"{self.mix_pes_fraction!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class TasksConfig:
   """Which tasks are meta-trained on, and how groups are formed."""
@@ -124,6 +158,7 @@ class TrainConfig:
   hrnn: HRNNConfig = HRNNConfig()
   unroll: UnrollConfig = UnrollConfig()
   meta_opt: MetaOptConfig = MetaOptConfig()
+  meta_grad: MetaGradConfig = MetaGradConfig()
   tasks: TasksConfig = TasksConfig()
   worker: WorkerConfig = WorkerConfig()
   learner: LearnerConfig = LearnerConfig()

@@ -1,8 +1,9 @@
 """Single-process meta-training: ``lopt train --workers 0``.
 
-Samples task groups from the ensemble, computes their truncated-BPTT
-meta-gradients, averages them, and applies the meta-optimizer. The same
-pieces (``unroll.group_meta_grad``) run inside Ray workers when distributed.
+Samples task groups from the ensemble, computes their meta-gradients
+(truncated BPTT, PES, or a mix: ``meta_grad.estimator``), averages them, and
+applies the meta-optimizer. The same pieces (``TaskGroup``) run inside Ray
+workers when distributed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metatrain import hrnn, programs, tasks, unroll
-from metatrain.config import MetaOptConfig, TrainConfig
+from metatrain import hrnn, pes, programs, tasks, unroll
+from metatrain.config import MetaGradConfig, MetaOptConfig, TrainConfig
 
 
 def meta_optimizer(cfg: MetaOptConfig) -> optax.GradientTransformation:
@@ -50,42 +51,97 @@ def make_apply(opt: optax.GradientTransformation):
   return apply
 
 
+def group_estimator(seed: int, mcfg: MetaGradConfig) -> str:
+  """The estimator of a new group whose key is drawn from ``seed``.
+
+  For "mix" a coin seeded by ``seed`` and a tag picks PES with probability
+  ``mix_pes_fraction``; it draws nothing from the trainer's generator, so
+  every estimator setting samples the same task configs and keys.
+  """
+  if mcfg.estimator != "mix":
+    return mcfg.estimator
+  coin = np.random.default_rng([seed, 0x9E5]).random()
+  return "pes" if coin < mcfg.mix_pes_fraction else "bptt"
+
+
 @dataclasses.dataclass
 class TaskGroup:
-  """N vmapped copies of one task config and their carried unroll states."""
+  """Vmapped copies of one task config and their carried unroll states.
+
+  A BPTT group holds ``unroll.tasks_per_group`` tasks
+  (``unroll.TaskUnrollState``); a PES group ``2 * meta_grad.pes_pairs``
+  particles and their perturbation accumulators (``pes.PESState``).
+  """
 
   config: tasks.TaskConfig
   states: Any
   age: int = 0
+  estimator: str = "bptt"  # "bptt" or "pes", fixed for the group's life
 
   @classmethod
   def sample(cls, rng: np.random.Generator, ensemble: tasks.Ensemble,
              cfg: TrainConfig, theta) -> "TaskGroup":
     tc = ensemble.sample(rng)
-    key = jax.random.PRNGKey(int(rng.integers(2**31)))
-    programs.note(("init", tc, cfg.unroll, cfg.hrnn))
-    states = unroll.init_group_states(
-        theta, key, task_config=tc, hcfg=cfg.hrnn, ucfg=cfg.unroll,
-        num_tasks=cfg.unroll.tasks_per_group)
-    return cls(tc, states)
+    seed = int(rng.integers(2**31))
+    estimator = group_estimator(seed, cfg.meta_grad)
+    key = jax.random.PRNGKey(seed)
+    if estimator == "pes":
+      programs.note(("pes_init", tc, cfg.unroll, cfg.hrnn,
+                     cfg.meta_grad.pes_pairs))
+      states = pes.init_pes_states(
+          theta, key, task_config=tc, hcfg=cfg.hrnn, ucfg=cfg.unroll,
+          num_pairs=cfg.meta_grad.pes_pairs)
+    else:
+      programs.note(("init", tc, cfg.unroll, cfg.hrnn))
+      states = unroll.init_group_states(
+          theta, key, task_config=tc, hcfg=cfg.hrnn, ucfg=cfg.unroll,
+          num_tasks=cfg.unroll.tasks_per_group)
+    return cls(tc, states, estimator=estimator)
+
+  @property
+  def label(self) -> str:
+    return self.config.name + (" [pes]" if self.estimator == "pes" else "")
 
   def meta_grad(self, theta, rng: np.random.Generator, cfg: TrainConfig):
-    """One truncation: returns (grad, metrics, task_steps)."""
+    """One truncation: returns (grad, metrics, task_steps).
+
+    Metrics are ``group_meta_grad``'s plus ``grad_weight``, the fraction of
+    the group's members whose gradient counts; task steps count every
+    member (PES: both particles of every pair).
+    """
     length = unroll.sample_length(rng, cfg.unroll)
-    keys = jax.random.split(jax.random.PRNGKey(int(rng.integers(2**31))),
-                            cfg.unroll.tasks_per_group)
+    key = jax.random.PRNGKey(int(rng.integers(2**31)))
     scan_len = unroll.bucket(length, cfg.unroll)
-    programs.note(("grad", self.config, scan_len, cfg.unroll, cfg.hrnn))
-    grad, self.states, metrics = unroll.group_meta_grad(
-        theta, self.states, keys, length, task_config=self.config,
-        hcfg=cfg.hrnn, ucfg=cfg.unroll, scan_len=scan_len)
+    if self.estimator == "pes":
+      n = pes.num_pairs(self.states)
+      k_run, k_eps = jax.random.split(key)
+      programs.note(("pes", self.config, scan_len, cfg.unroll, cfg.hrnn))
+      grad, self.states, metrics = pes.pes_meta_grad(
+          theta, self.states, jax.random.split(k_run, n), k_eps, length,
+          cfg.meta_grad.pes_std, task_config=self.config, hcfg=cfg.hrnn,
+          ucfg=cfg.unroll, scan_len=scan_len)
+      members = 2 * n
+    else:
+      members = cfg.unroll.tasks_per_group
+      programs.note(("grad", self.config, scan_len, cfg.unroll, cfg.hrnn))
+      grad, self.states, metrics = unroll.group_meta_grad(
+          theta, self.states, jax.random.split(key, members), length,
+          task_config=self.config, hcfg=cfg.hrnn, ucfg=cfg.unroll,
+          scan_len=scan_len)
+      metrics = dict(metrics, grad_weight=metrics["num_good"] / members)
     self.age += 1
-    return grad, metrics, length * cfg.unroll.tasks_per_group
+    return grad, metrics, length * members
 
 
 def average_grads(results: list[tuple[Any, dict]]) -> tuple[Any, dict]:
-  """Averages group gradients, weighting groups by their good-task count."""
-  weights = np.array([float(m["num_good"]) for _, m in results])
+  """Averages group gradients, weighting groups by their good-task count.
+
+  Groups report ``grad_weight``, the fraction of their members that count,
+  so a BPTT and a PES group of different sizes weigh the same when all
+  their members count; results without it are weighted by ``num_good``.
+  """
+  weights = np.array([float(m.get("grad_weight", m["num_good"]))
+                      for _, m in results])
   total = weights.sum()
   if total == 0:
     grad = jax.tree_util.tree_map(jnp.zeros_like, results[0][0])
@@ -96,9 +152,9 @@ def average_grads(results: list[tuple[Any, dict]]) -> tuple[Any, dict]:
   summed = {k: float(sum(float(m[k]) for _, m in results))
             for k in ("num_nonfinite", "num_diverged", "num_resets",
                       "num_good")}
-  summed["meta_loss"] = (float(sum(w * float(m["meta_loss"]) for w, (_, m)
-                                   in zip(weights, results)) / total)
-                         if total else float("nan"))
+  # Every group has the same number of tasks, diverged ones included.
+  summed["meta_loss"] = float(np.mean([float(m["meta_loss"])
+                                       for _, m in results]))
   return grad, summed
 
 
@@ -131,7 +187,7 @@ class MetaTrainer:
       if g.age >= self.cfg.tasks.resample_every:
         self.groups[i] = g = TaskGroup.sample(self.rng, self.ensemble,
                                               self.cfg, self.theta)
-      self.running = (i, g.config.name, g.age)  # for stall diagnostics
+      self.running = (i, g.label, g.age)  # for stall diagnostics
       grad, metrics, n = g.meta_grad(self.theta, self.rng, self.cfg)
       results.append((grad, metrics))
       task_steps += n
@@ -207,8 +263,14 @@ def trainer_watchdog(trainer: "MetaTrainer", seconds: float,
 
 def train(cfg: TrainConfig, steps: int | None = None,
           log: Callable[[str], None] | None = None,
-          time_budget_s: float | None = None) -> MetaTrainer:
-  """Runs single-process meta-training and prints a progress line."""
+          time_budget_s: float | None = None,
+          on_step: Callable[[MetaTrainer, float], None] | None = None
+          ) -> MetaTrainer:
+  """Runs single-process meta-training and prints a progress line.
+
+  ``on_step(trainer, seconds)``, if given, runs after every meta-step with
+  the seconds since training started (its own time counts in the budget).
+  """
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   total = steps if steps is not None else cfg.steps
   trainer = MetaTrainer(cfg)
@@ -216,13 +278,16 @@ def train(cfg: TrainConfig, steps: int | None = None,
     log(advice)
   log(f"meta-training {hrnn.num_meta_params(trainer.theta)} meta-params on "
       f"{cfg.tasks.num_groups} groups x {cfg.unroll.tasks_per_group} tasks "
-      f"({', '.join(g.config.name for g in trainer.groups)})")
+      f"({', '.join(g.label for g in trainer.groups)}); meta-gradients: "
+      f"{cfg.meta_grad.estimator}")
   t_start = time.time()
   ema = None
   watchdog = trainer_watchdog(trainer, cfg.stall_timeout_s, log)
   for _ in range(total):
     m = trainer.meta_step()
     watchdog.beat()
+    if on_step is not None:
+      on_step(trainer, time.time() - t_start)
     if np.isfinite(m["meta_loss"]):
       ema = m["meta_loss"] if ema is None else 0.9 * ema + 0.1 * m["meta_loss"]
     if m["step"] % cfg.log_every == 0 or m["step"] == total:

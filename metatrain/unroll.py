@@ -134,6 +134,7 @@ def _truncation(theta, state: TaskUnrollState, key, length, *, task, hcfg,
   """Runs one truncation for one task; returns (meta_loss, aux)."""
   # Reset used-up or diverged tasks first, in jit, with the same shapes.
   k_steps = steps_key(key)
+  cap = math.log(ucfg.divergence_factor)
   need_reset = state.truncs_left <= 0
   fresh = _fresh_task(task, hcfg, theta, jax.random.fold_in(state.seed,
                                                             state.step + 1),
@@ -154,9 +155,12 @@ def _truncation(theta, state: TaskUnrollState, key, length, *, task, hcfg,
     bad = ~jnp.isfinite(f) | ~jnp.isfinite(loss) | (
         f > ucfg.divergence_factor * (state.f0 + 1.0))
     diverged = diverged | (active & bad)
-    f_safe = jnp.where(jnp.isfinite(f), f, 0.0)
-    term = jnp.log(f_safe / (state.f0 + _EPS) + _EPS)
-    term = jnp.where(active & ~diverged, term, 0.0)
+    f_safe = jnp.where(jnp.isfinite(f), f, state.f0)
+    term = jnp.minimum(jnp.log(f_safe / (state.f0 + _EPS) + _EPS), cap)
+    # A diverged task pays the cap for the rest of the truncation: diverging
+    # is never cheaper than any finite outcome (a capped, constant penalty:
+    # no gradient flows through the explosion).
+    term = jnp.where(active, jnp.where(diverged, cap, term), 0.0)
     keep = active & ~diverged
     params = _tree_where(keep, new_params, params)
     opt_state = _tree_where(keep, new_opt, opt_state)
@@ -185,14 +189,18 @@ def group_meta_grad(theta, states, keys, length, *, task_config: TaskConfig,
                     hcfg: HRNNConfig, ucfg: UnrollConfig, scan_len: int):
   """Meta-gradient of one truncation, averaged over a group's tasks.
 
-  Non-finite per-task losses or gradients, and diverged tasks, are zeroed and
-  counted; they never reach the returned gradient. Diverged tasks are reset
-  on the next call.
+  A task that diverges pays ``log(divergence_factor)`` per step for the rest
+  of the truncation: it counts in the meta-loss, and its gradient (from the
+  steps before it diverged) in the mean, when finite. Non-finite per-task
+  gradients are zeroed and counted; they never reach the returned gradient.
+  Diverged tasks, and tasks with non-finite gradients, are reset on the next
+  call.
 
   Returns:
     ``(grad, new_states, metrics)`` where metrics has ``meta_loss`` (mean
-    over good tasks), ``num_nonfinite``, ``num_diverged``, ``num_resets``
-    and ``num_good``.
+    over all tasks, diverged ones included), ``num_nonfinite``,
+    ``num_diverged``, ``num_resets``, ``num_good`` (tasks whose gradient
+    counts) and ``final_loss`` (mean over tasks that did not diverge).
   """
   task = build_task(task_config)
   fn = functools.partial(_truncation, task=task, hcfg=hcfg, ucfg=ucfg,
@@ -203,7 +211,7 @@ def group_meta_grad(theta, states, keys, length, *, task_config: TaskConfig,
   finite = jnp.isfinite(losses)
   for g in jax.tree_util.tree_leaves(grads):
     finite = finite & jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), 1)
-  good = finite & ~aux["diverged"]
+  good = finite
   n_good = jnp.sum(good)
   denom = jnp.maximum(n_good, 1).astype(jnp.float32)
   mean_grad = jax.tree_util.tree_map(
@@ -213,14 +221,16 @@ def group_meta_grad(theta, states, keys, length, *, task_config: TaskConfig,
   # A task with a non-finite gradient is reset next call, like a diverged one.
   new_states = new_states.replace(
       truncs_left=jnp.where(finite, new_states.truncs_left, 0))
+  ok = ~aux["diverged"]
   metrics = {
-      "meta_loss": jnp.sum(jnp.where(good, losses, 0.0)) / denom,
+      "meta_loss": jnp.mean(jnp.where(jnp.isfinite(losses), losses,
+                                      math.log(ucfg.divergence_factor))),
       "num_good": n_good,
       "num_nonfinite": jnp.sum(~finite),
-      "num_diverged": jnp.sum(aux["diverged"] & finite),
+      "num_diverged": jnp.sum(aux["diverged"]),
       "num_resets": jnp.sum(aux["reset"]),
-      "final_loss": jnp.mean(jnp.where(good, aux["final_loss"], 0.0)) *
-                    aux["final_loss"].shape[0] / denom,
+      "final_loss": jnp.sum(jnp.where(ok, aux["final_loss"], 0.0)) /
+                    jnp.maximum(jnp.sum(ok), 1),
   }
   return mean_grad, new_states, metrics
 

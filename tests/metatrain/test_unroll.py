@@ -121,11 +121,12 @@ def test_diverging_task_is_counted_and_theta_gradient_stays_finite():
   theta["stepsize_offset"] = jnp.asarray(30.0)  # learning rates ~ e^21
   states = _states()
   g, new, m = _call(theta, states, length=8)
-  assert int(m["num_diverged"]) + int(m["num_nonfinite"]) == 3
-  assert int(m["num_good"]) == 0
+  assert int(m["num_diverged"]) == 3
+  # Diverging is penalized, never dropped: every step of every task pays
+  # the cap log(divergence_factor), which no finite outcome exceeds.
+  np.testing.assert_allclose(float(m["meta_loss"]),
+                             np.log(UCFG.divergence_factor), rtol=1e-6)
   assert all(np.all(np.isfinite(np.asarray(x)))
-             for x in jax.tree_util.tree_leaves(g))
-  assert all(float(jnp.sum(jnp.abs(x))) == 0
              for x in jax.tree_util.tree_leaves(g))
   # Diverged tasks are reset on the next call.
   assert list(np.asarray(new.truncs_left)) == [0, 0, 0]
