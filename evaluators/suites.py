@@ -53,7 +53,7 @@ class SuiteConfig:
                             "digits_mlp")
   steps: int = 300
   seeds: int = 2
-  batch_size: int = 128
+  batch_size: int = 64
   image_size: int = 0
   dtype: str = "float32"
   eval_examples: int = 2000
