@@ -61,9 +61,11 @@ class SuiteConfig:
   chunk: int = 1
   divergence_factor: float = 1e3
   baselines: tuple[str, ...] = ("adam", "rmsprop", "sgdm")
-  adam_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
-  rmsprop_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
-  sgdm_lrs: tuple[float, ...] = (1e-2, 3e-2, 1e-1, 3e-1)
+  # Grids wide enough that every small-suite task's best learning rate is
+  # inside them, not on an edge (checked with the untrained HRNN run).
+  adam_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+  rmsprop_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+  sgdm_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
   data_dir: str = ""
 
   def __post_init__(self):
