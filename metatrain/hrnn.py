@@ -11,6 +11,11 @@ Three GRUs run at three levels:
 
 The previous tensor and global states enter the lower GRUs as extra biases.
 
+The per-parameter state of all tensors is packed into one slab (see
+``hrnn_packing``), so one step is one pass over the slab, in blocks for big
+models, that also takes the per-tensor sums, then a cheap elementwise pass
+per tensor that applies the per-tensor output normalisation.
+
 Everything here is a pure function of ``(config, theta, state, grads)`` over
 any params pytree, so it works under ``jit``, ``vmap`` (over tasks) and
 ``grad`` (with respect to ``theta`` through a multi-step unroll).
@@ -18,6 +23,7 @@ any params pytree, so it works under ``jit``, ``vmap`` (over tasks) and
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -26,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from metatrain import hrnn_packing as packing
 from metatrain.hrnn_config import HRNNConfig
+from metatrain.hrnn_packing import Layout
 
 Theta = dict[str, Any]
 
@@ -36,31 +44,25 @@ _MIN_LOG_LR = -33.0
 
 
 @struct.dataclass
-class LeafState:
-  """Optimizer state of one parameter tensor, flattened to ``n`` elements."""
-
-  h: jax.Array  # (param_units, n) parameter-GRU state, feature-major
-  acc: jax.Array  # (T, n) gradient running averages
-  ms: jax.Array  # (T, n) running mean squares of the averages
-  scl_decay: jax.Array  # (n,) decay of ms, output by the optimizer
-  inp_decay: jax.Array  # (n,) base decay of the averages
-  log_lr: jax.Array  # (n,) stored log learning rate (0-size if unused)
-  h_tensor: jax.Array  # (tensor_units,) tensor-GRU state
-  true_param: Any  # original-shape copy of the params, attention only
-
-  @property
-  def size(self) -> int:
-    """Number of optimized scalars in this tensor (0 for skipped leaves)."""
-    return self.scl_decay.shape[0]
-
-
-@struct.dataclass
 class HRNNState:
-  """Optimizer state: one LeafState per params leaf plus the global state."""
+  """Optimizer state: packed per-parameter slabs, tensor and global states.
 
-  step: jax.Array
-  leaves: tuple
-  h_global: jax.Array
+  The per-parameter arrays cover every trainable params leaf, packed as
+  ``layout`` says (static: part of the treedef, not an array); ``size`` is
+  ``layout.size``, the number of optimized scalars plus padding.
+  """
+
+  step: jax.Array  # () steps taken
+  h: jax.Array  # (param_units, size) parameter-GRU states, feature-major
+  acc: jax.Array  # (T, size) gradient running averages
+  ms: jax.Array  # (T, size) running mean squares of the averages
+  scl_decay: jax.Array  # (size,) decay of ms, output by the optimizer
+  inp_decay: jax.Array  # (size,) base decay of the averages
+  log_lr: jax.Array  # (size,) stored log learning rates; (0,) if unused
+  h_tensor: jax.Array  # (num_tensors, tensor_units); (0,) if unused
+  h_global: jax.Array  # (global_units,); (0,) if unused
+  true_params: tuple  # per params leaf: a copy (attention only) or None
+  layout: Layout = struct.field(pytree_node=False)
 
 
 # ----------------------------------------------------------------------------
@@ -132,10 +134,6 @@ def num_meta_params(theta: Theta) -> int:
 # State.
 
 
-def _is_trainable(leaf) -> bool:
-  return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-
-
 def init_state(config: HRNNConfig, theta: Theta, params: Any,
                key: jax.Array | None = None) -> HRNNState:
   """Initial optimizer state for ``params`` (any pytree of arrays).
@@ -152,63 +150,71 @@ def init_state(config: HRNNConfig, theta: Theta, params: Any,
   if key is None:
     key = jax.random.PRNGKey(cfg.init_seed)
   leaves = jax.tree_util.tree_leaves(params)
-  lo = 0.5 * math.log(cfg.init_lr_range[0])
-  hi = 0.5 * math.log(cfg.init_lr_range[1])
-  out = []
-  for i, leaf in enumerate(leaves):
-    n = int(np.size(leaf)) if _is_trainable(leaf) else 0
-    k_el, k_off = jax.random.split(jax.random.fold_in(key, i))
-    if cfg.dynamic_output_scale:
-      log_lr = (jax.random.uniform(k_el, (n,), minval=lo, maxval=hi) +
-                jax.random.uniform(k_off, (), minval=lo, maxval=hi))
-      log_lr = jnp.clip(log_lr, _MIN_LOG_LR, cfg.max_log_lr)
-    else:
-      log_lr = jnp.zeros((0,))
-    # jnp.array copies: state buffers must never alias theta or each other,
-    # so that callers may donate the state.
-    h_t = (jnp.array(theta["init_tensor_h"]) if cfg.use_tensor_rnn
-           else jnp.zeros((0,)))
-    true_param = (jnp.array(leaf) if cfg.use_attention and n else None)
-    out.append(LeafState(
-        h=jnp.broadcast_to(theta["init_param_h"][:, None],
-                           (cfg.param_units, n)),
-        acc=jnp.zeros((cfg.num_timescales, n)),
-        ms=jnp.zeros((cfg.num_timescales, n)),
-        scl_decay=jnp.zeros((n,)),
-        inp_decay=jnp.zeros((n,)),
-        log_lr=log_lr,
-        h_tensor=h_t,
-        true_param=true_param))
+  layout = packing.make_layout(leaves)
+  size, nt = layout.size, layout.num_tensors
+  t = cfg.num_timescales
+  if cfg.dynamic_output_scale:
+    lo = 0.5 * math.log(cfg.init_lr_range[0])
+    hi = 0.5 * math.log(cfg.init_lr_range[1])
+    draws = {}
+    for i in layout.live:  # keyed by leaf index, as before packing
+      k_el, k_off = jax.random.split(jax.random.fold_in(key, i))
+      draws[i] = jnp.clip(
+          jax.random.uniform(k_el, (layout.sizes[i],), minval=lo, maxval=hi)
+          + jax.random.uniform(k_off, (), minval=lo, maxval=hi),
+          _MIN_LOG_LR, cfg.max_log_lr)
+    # Padding log-LRs are 0 and stay 0 (the mean log-LR sums the slab).
+    log_lr = packing.pack(layout, draws, jnp.result_type(float))
+  else:
+    log_lr = jnp.zeros((0,))
+  # Fresh buffers (broadcasts and copies): state buffers must never alias
+  # theta or each other, so that callers may donate the state.
+  h_t = (jnp.broadcast_to(theta["init_tensor_h"], (nt, cfg.tensor_units))
+         if cfg.use_tensor_rnn else jnp.zeros((0,)))
   h_g = (jnp.array(theta["init_global_h"]) if cfg.use_global_rnn
          else jnp.zeros((0,)))
-  return HRNNState(step=jnp.zeros((), jnp.int32), leaves=tuple(out),
-                   h_global=h_g)
+  true = tuple(jnp.array(leaf) if cfg.use_attention and n else None
+               for leaf, n in zip(leaves, layout.sizes))
+  return HRNNState(
+      step=jnp.zeros((), jnp.int32),
+      h=jnp.broadcast_to(theta["init_param_h"][:, None],
+                         (cfg.param_units, size)),
+      acc=jnp.zeros((t, size)), ms=jnp.zeros((t, size)),
+      scl_decay=jnp.zeros((size,)), inp_decay=jnp.zeros((size,)),
+      log_lr=log_lr, h_tensor=h_t, h_global=h_g, true_params=true,
+      layout=layout)
 
 
 # ----------------------------------------------------------------------------
 # The update.
 
 
-def _gru(p, x, h, ext_bias=None):
-  """Feature-major GRU step: x (in, n), h (units, n), ext_bias (3 units,).
+def _gru(p, x, h, add_bias):
+  """Feature-major GRU step: x (in, ...), h (units, ...).
 
-  Feature-major layout keeps the long axis (parameters) last, so every matmul
-  is a small (3u, in) matrix times a wide (in, n) one and every elementwise
-  op runs over contiguous rows.
+  Feature-major layout keeps the long axes (parameters) last, so every
+  matmul is a small (3u, in) matrix times a wide (in, n) one and every
+  elementwise op runs over contiguous rows. ``add_bias(gx)`` adds the full
+  bias (``p["b"]`` plus any external bias) to the (3 units, ...) input gates.
   """
   u = h.shape[0]
-  b = p["b"] if ext_bias is None else p["b"] + ext_bias
-  gx = p["wx"].T @ x + b[:, None]
-  gh = p["wh"][:, :2 * u].T @ h
+  gx = add_bias(_mm(p["wx"], x))
+  gh = _mm(p["wh"][:, :2 * u], h)
   r = jax.nn.sigmoid(gx[:u] + gh[:u])
   z = jax.nn.sigmoid(gx[u:2 * u] + gh[u:])
-  c = jnp.tanh(gx[2 * u:] + p["wh"][:, 2 * u:].T @ (r * h))
+  c = jnp.tanh(gx[2 * u:] + _mm(p["wh"][:, 2 * u:], r * h))
   return z * h + (1.0 - z) * c
 
 
-def _gru_vec(p, x, h, ext_bias=None):
-  """GRU step on single vectors (the tensor and global levels)."""
-  return _gru(p, x[:, None], h[:, None], ext_bias)[:, 0]
+def _mm(w, x):
+  """w.T @ x over the first axis of x: (k, m), (k, ...) -> (m, ...)."""
+  return jnp.tensordot(w, x, axes=(0, 0))
+
+
+def _gru_cols(p, x, h, ext_bias=None):
+  """GRU step on columns: x (in, k), h (units, k), ext_bias (3 units,)."""
+  b = p["b"] if ext_bias is None else p["b"] + ext_bias
+  return _gru(p, x, h, lambda gx: gx + b[:, None])
 
 
 def _affine(p, x):
@@ -219,17 +225,16 @@ def _clip_straight_through(x, lo, hi):
   return x + jax.lax.stop_gradient(jnp.clip(x, lo, hi) - x)
 
 
-def _features(cfg, ls: LeafState, g, first_step, mean_log_lr):
+def _features(cfg, s, g, first_step, mean_log_lr):
   """Updates averages and mean squares; returns (features, acc, ms, scaled)."""
   t = cfg.num_timescales
-  base = ls.inp_decay
-  decays = [base]
+  decays = [s["inp_decay"]]
   for _ in range(t - 1):
     decays.append(jnp.sqrt(decays[-1]))
-  dec = jnp.stack(decays) if t > 1 else jnp.zeros_like(ls.acc)
-  acc = (1.0 - dec) * g[None] + dec * ls.acc
-  s = jnp.where(first_step, 0.0, ls.scl_decay)[None]
-  ms = (1.0 - s) * (acc * acc + _EPS_MS) + s * ls.ms
+  dec = jnp.stack(decays) if t > 1 else jnp.zeros_like(s["acc"])
+  acc = (1.0 - dec) * g[None] + dec * s["acc"]
+  sd = jnp.where(first_step, 0.0, s["scl_decay"])[None]
+  ms = (1.0 - sd) * (acc * acc + _EPS_MS) + sd * s["ms"]
   if cfg.dynamic_input_scaling:
     scaled = jnp.arcsinh(acc / jnp.sqrt(ms + _EPS_RMS))
   else:
@@ -239,64 +244,85 @@ def _features(cfg, ls: LeafState, g, first_step, mean_log_lr):
     feats.append(scaled[:-1] * scaled[1:])
   if cfg.use_log_ms:
     log_ms = jnp.log(ms + _EPS_RMS)
-    feats.append(log_ms - jnp.mean(log_ms, axis=0, keepdims=True))
+    # An explicit sum of the T rows: XLA:CPU's row-mean reduce is slow.
+    mean = functools.reduce(jnp.add, list(log_ms)) / t
+    feats.append(log_ms - mean[None])
   if cfg.use_relative_lr:
-    feats.append((ls.log_lr - mean_log_lr)[None])
+    feats.append((s["log_lr"] - mean_log_lr)[None])
   return jnp.concatenate(feats, axis=0), acc, ms, scaled
 
 
-def _unit_rms(d):
-  return d / jnp.sqrt(jnp.mean(d * d) + _EPS_RMS)
+def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr):
+  """The per-parameter work on one block of the slab.
 
+  Args:
+    cfg: the config.
+    theta: meta-parameters.
+    s: the block's state slabs (see ``HRNNState``), (rows, *view) or
+      (*view), where (*view) is ``info``'s view of the block's elements.
+    g: (*view) gradients.
+    info: the block's chunks (view, tensor ids, padding mask).
+    bias_table: (num_tensors, 3 param_units) parameter-GRU bias per tensor,
+      or a (3 param_units,) one shared by all.
+    first_step: whether this is the first step.
+    mean_log_lr: mean stored log-LR over the problem.
 
-def _leaf_update(cfg, theta, ls: LeafState, g, first_step, mean_log_lr,
-                 bias_p, bias_t):
-  """One step for one (non-empty) tensor. Returns (step, attend, new ls)."""
-  feats, acc, ms, scaled = _features(cfg, ls, g, first_step, mean_log_lr)
-  h = _gru(theta["param_rnn"], feats, ls.h, bias_p)
-  h_t = ls.h_tensor
-  if cfg.use_tensor_rnn:
-    t_in = jnp.mean(jnp.concatenate([h, feats], axis=0), axis=1)
-    h_t = _gru_vec(theta["tensor_rnn"], t_in, ls.h_tensor, bias_t)
+  Returns:
+    ``(new_s, (step, attend), sums)``: ``step`` and ``attend`` (*view)
+    before the per-tensor normalisation (``attend`` None without
+    attention), and ``sums`` a dict of (k, nc) per-chunk sums.
+  """
+  feats, acc, ms, scaled = _features(cfg, s, g, first_step, mean_log_lr)
+  if bias_table.ndim == 2:  # a bias per tensor
+    add_bias = functools.partial(info.add_per_tensor, table=bias_table)
+  else:  # one bias for all
+    add_bias = lambda gx: gx + bias_table.reshape((-1,) + (1,) * (gx.ndim - 1))
+  h = _gru(theta["param_rnn"], feats, s["h"], add_bias)
   # All per-parameter readouts in one matmul.
   names = ["w_update", "w_scl_decay", "w_inp_decay", "w_lr"]
   if cfg.use_attention:
     names.append("w_attention")
-  proj = jnp.stack([theta[k] for k in names]) @ h
+  proj = _mm(jnp.stack([theta[k] for k in names], axis=1), h)
   d = proj[0]
   if cfg.use_gradient_shortcut:
-    d = d + theta["shortcut"] @ scaled
+    d = d + _mm(theta["shortcut"], scaled)
   if cfg.learnable_decay:
     scl_decay = jax.nn.sigmoid(proj[1] + theta["b_scl_decay"])
     inp_decay = jax.nn.sigmoid(proj[2] + theta["b_inp_decay"])
   else:
     scl_decay = jnp.full_like(d, 0.93)
     inp_decay = jnp.full_like(d, 0.89)
+  new = {"h": h, "acc": acc, "ms": ms, "scl_decay": scl_decay,
+         "inp_decay": inp_decay}
+  sums = {}
+  if cfg.use_tensor_rnn:
+    sums["h"] = info.sums(h)
+    sums["feats"] = info.sums(feats)
   if cfg.dynamic_output_scale:
-    d = _unit_rms(d)
-    step_log_lr = ls.log_lr + proj[3] + theta["b_lr"]
+    sums["d2"] = info.sums((d * d)[None])
+    log_lr = s["log_lr"]
+    step_log_lr = log_lr + proj[3] + theta["b_lr"]
     step_log_lr = _clip_straight_through(step_log_lr, _MIN_LOG_LR,
                                          cfg.max_log_lr)
     m = jax.nn.sigmoid(theta["lr_momentum_logit"])
-    new_log_lr = m * ls.log_lr + (1.0 - m) * step_log_lr
+    new_log_lr = m * log_lr + (1.0 - m) * step_log_lr
+    if info.mask is not None:
+      new_log_lr = jnp.where(info.mask, new_log_lr, 0.0)
+    new["log_lr"] = new_log_lr
     lr = jnp.exp(step_log_lr + theta["stepsize_offset"])
     lr_attend = jnp.exp(step_log_lr)
   else:
-    new_log_lr = ls.log_lr
     lr = 2.0 * jax.nn.sigmoid(proj[3] + theta["b_lr"])
     lr_attend = lr
-  step = lr * d
   attend = None
   if cfg.use_attention:
     a = proj[4]
     if cfg.use_gradient_shortcut:
-      a = a + theta["shortcut_attention"] @ scaled
+      a = a + _mm(theta["shortcut_attention"], scaled)
     if cfg.dynamic_output_scale:
-      a = _unit_rms(a)
+      sums["a2"] = info.sums((a * a)[None])
     attend = lr_attend * a
-  new_ls = ls.replace(h=h, acc=acc, ms=ms, scl_decay=scl_decay,
-                      inp_decay=inp_decay, log_lr=new_log_lr, h_tensor=h_t)
-  return step, attend, new_ls
+  return new, (lr * d, attend), sums
 
 
 def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
@@ -315,79 +341,97 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
     ``(updates, new_state)``: add ``updates`` to the params (optax
     convention). Updates have the dtype of the corresponding gradients.
   """
-  cfg = config
+  cfg, layout = config, state.layout
   g_leaves, treedef = jax.tree_util.tree_flatten(grads)
-  if len(g_leaves) != len(state.leaves):
-    raise ValueError(
-        f"grads have {len(g_leaves)} leaves but the HRNN state was built for "
-        f"{len(state.leaves)}; call init() with params of the same structure")
+  layout.check(g_leaves)
   if cfg.use_attention and params is None:
     raise ValueError("HRNN with use_attention=True needs `params` in update()")
+  if not layout.live:
+    zeros = [jnp.zeros_like(g) for g in g_leaves]
+    return (jax.tree_util.tree_unflatten(treedef, zeros),
+            state.replace(step=state.step + 1))
   p_leaves = (jax.tree_util.tree_leaves(params) if params is not None
               else [None] * len(g_leaves))
-  live = [i for i, ls in enumerate(state.leaves) if ls.size > 0]
-  live_set = set(live)
-  for i in live:
-    if np.size(g_leaves[i]) != state.leaves[i].size:
-      raise ValueError(
-          f"grad leaf {i} has {np.size(g_leaves[i])} elements but the state "
-          f"expects {state.leaves[i].size}")
-
-  first_step = state.step == 0
   cdt = jnp.result_type(theta["w_update"])  # compute dtype: theta's (f32)
+  first_step = state.step == 0
   mean_log_lr = 0.0
-  if cfg.use_relative_lr and live:
-    tot = sum(jnp.sum(state.leaves[i].log_lr) for i in live)
-    mean_log_lr = tot / sum(state.leaves[i].size for i in live)
+  if cfg.use_relative_lr:  # padding log-LRs are 0
+    mean_log_lr = jnp.sum(state.log_lr) / layout.num_params
   bias_p, bias_t = 0.0, None
   if cfg.use_global_rnn:
     bias_p = _affine(theta["global_to_param"], state.h_global)
     bias_t = _affine(theta["global_to_tensor"], state.h_global)
+  b = theta["param_rnn"]["b"]
+  if cfg.use_tensor_rnn:  # (num_tensors, 3 param_units)
+    bias_table = b + (bias_p + _affine(theta["tensor_to_param"],
+                                       state.h_tensor))
+    if layout.num_tensors == 1:  # shared: no gathers
+      bias_table = bias_table[0]
+  else:
+    bias_table = b + bias_p
 
-  updates, new_leaves = [], list(state.leaves)
-  for i, (g, ls) in enumerate(zip(g_leaves, state.leaves)):
-    if i not in live_set:
-      updates.append(jnp.zeros_like(g) if g is not None else g)
+  # Pass 1: the per-parameter GRU over the slab, with per-chunk sums.
+  slabs = {"h": state.h, "acc": state.acc, "ms": state.ms,
+           "scl_decay": state.scl_decay, "inp_decay": state.inp_decay}
+  if cfg.dynamic_output_scale:
+    slabs["log_lr"] = state.log_lr
+  g = packing.pack(layout, g_leaves, cdt)
+  fn = functools.partial(_param_pass, cfg, theta, bias_table=bias_table,
+                         first_step=first_step, mean_log_lr=mean_log_lr)
+  new, (step, attend), sums = packing.blocked_map(layout, fn, slabs, g)
+  sums = {k: packing.segment_sums(layout, v) for k, v in sums.items()}
+  n_t = layout.tensor_sizes(cdt)[:, None]
+
+  # Per-tensor and global GRUs.
+  h_tensor, h_global = state.h_tensor, state.h_global
+  if cfg.use_tensor_rnn:
+    t_in = jnp.concatenate([sums["h"], sums["feats"]], axis=1) / n_t
+    h_tensor = _gru_cols(theta["tensor_rnn"], t_in.T, state.h_tensor.T,
+                         bias_t).T
+  if cfg.use_global_rnn:
+    h_global = _gru_cols(theta["global_rnn"],
+                         jnp.mean(h_tensor, axis=0)[:, None],
+                         state.h_global[:, None])[:, 0]
+
+  # Pass 2, per tensor: unit-RMS normalisation, unpacking, attention.
+  rms = {k: jnp.sqrt(sums[k][:, 0] / n_t[:, 0] + _EPS_RMS)
+         for k in ("d2", "a2") if k in sums}
+  steps = packing.unpack(layout, step)
+  attends = packing.unpack(layout, attend) if cfg.use_attention else None
+  updates, new_true = [], list(state.true_params)
+  for i, g_leaf in enumerate(g_leaves):
+    if not layout.sizes[i]:
+      updates.append(jnp.zeros_like(g_leaf))
       continue
-    bp = bias_p
-    if cfg.use_tensor_rnn:
-      bp = bp + _affine(theta["tensor_to_param"], ls.h_tensor)
-    g32 = jnp.reshape(g, (-1,)).astype(cdt)
-    step, attend, new_ls = _leaf_update(cfg, theta, ls, g32, first_step,
-                                        mean_log_lr, bp, bias_t)
-    shape, dtype = jnp.shape(g), jnp.result_type(g)
+    t = layout.live.index(i)
+    shape, dtype = jnp.shape(g_leaf), jnp.result_type(g_leaf)
+    st = steps[i] / rms["d2"][t] if "d2" in rms else steps[i]
     if cfg.use_attention:
-      new_true = ls.true_param.astype(cdt) - step.reshape(shape)
-      new_attend = new_true - attend.reshape(shape)
+      at = attends[i] / rms["a2"][t] if "a2" in rms else attends[i]
+      true = state.true_params[i]
+      true_t = true.astype(cdt) - st.reshape(shape)
       cur = jnp.asarray(p_leaves[i]).astype(cdt)
-      upd = new_attend - cur
-      new_ls = new_ls.replace(true_param=new_true.astype(
-          ls.true_param.dtype))
+      upd = (true_t - at.reshape(shape)) - cur
+      new_true[i] = true_t.astype(true.dtype)
     else:
-      upd = -step.reshape(shape)
+      upd = -st.reshape(shape)
     updates.append(upd.astype(dtype))
-    new_leaves[i] = new_ls
 
-  h_global = state.h_global
-  if cfg.use_global_rnn and live:
-    g_in = jnp.mean(jnp.stack([new_leaves[i].h_tensor for i in live]), 0)
-    h_global = _gru_vec(theta["global_rnn"], g_in, state.h_global)
-  new_state = HRNNState(step=state.step + 1, leaves=tuple(new_leaves),
-                        h_global=h_global)
+  new_state = state.replace(step=state.step + 1, h_tensor=h_tensor,
+                            h_global=h_global, true_params=tuple(new_true),
+                            **new)
   return jax.tree_util.tree_unflatten(treedef, updates), new_state
 
 
 def true_params(state: HRNNState, params: Any) -> Any:
   """The true (non-attended) params; equals ``params`` without attention."""
   leaves, treedef = jax.tree_util.tree_flatten(params)
-  out = [ls.true_param if ls.true_param is not None else p
-         for p, ls in zip(leaves, state.leaves)]
+  out = [p if tp is None else tp for p, tp in zip(leaves, state.true_params)]
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def state_bytes_per_param(state: HRNNState) -> float:
   """Bytes of optimizer state per optimized scalar (all state included)."""
-  n = sum(ls.size for ls in state.leaves)
   total = sum(np.size(x) * jnp.result_type(x).itemsize
               for x in jax.tree_util.tree_leaves(state))
-  return total / max(n, 1)
+  return total / max(state.layout.num_params, 1)

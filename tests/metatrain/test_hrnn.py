@@ -169,7 +169,7 @@ def test_dynamic_output_scale_off_runs():
   loss, params = _quadratic(jax.random.PRNGKey(7))
   losses, _, _, state = jax.jit(lambda: _run(cfg, theta, loss, params, 20))()
   assert np.all(np.isfinite(np.asarray(losses)))
-  assert state.leaves[0].log_lr.shape == (0,)
+  assert state.log_lr.shape == (0,)
 
 
 def test_invalid_config_is_rejected():

@@ -47,5 +47,4 @@ def test_key_changes_initial_learning_rates():
   params = {"w": jnp.ones(8)}
   s0 = metatrain.hrnn_optax(CFG, THETA).init(params)
   s1 = metatrain.hrnn_optax(CFG, THETA, key=jax.random.PRNGKey(7)).init(params)
-  assert not np.allclose(np.asarray(s0.leaves[0].log_lr),
-                         np.asarray(s1.leaves[0].log_lr))
+  assert not np.allclose(np.asarray(s0.log_lr), np.asarray(s1.log_lr))
