@@ -11,6 +11,8 @@ Task names (``lopt evaluate --suite ...`` picks a list of them):
 * ``retina_cnn``, ``retina_ln`` (``_natural`` for 1/f stimuli): the
   simulated retina; final loss = Poisson loss on a fixed training subset,
   metric = correlation with held-out trial-averaged responses.
+* ``validation:<i>``: the i-th validation configuration (model selection:
+  neither trained on nor a test task).
 * ``heldout:<i>``: the i-th held-out configuration of the meta-training
   ensemble (``metatrain.tasks.holdout_configs``); final loss = exact
   full-batch loss, metric = meta-training's meta-objective (lower is
@@ -29,7 +31,8 @@ import optax
 from evaluators import data
 from evaluators.runner import Problem
 from metatrain import unroll
-from metatrain.tasks import build_task, default_ensemble, holdout_configs
+from metatrain.tasks import (build_task, default_ensemble, holdout_configs,
+                             validation_configs)
 
 SMALL = {
     "fmnist_convnet": ("fashion_mnist", "convnet"),
@@ -43,7 +46,7 @@ RETINA = ("retina_cnn", "retina_ln", "retina_cnn_natural",
 
 
 def known_tasks() -> list[str]:
-  return [*SMALL, *IMAGENET, *RETINA, "heldout:<i>"]
+  return [*SMALL, *IMAGENET, *RETINA, "heldout:<i>", "validation:<i>"]
 
 
 def _ce(logits, labels):
@@ -164,12 +167,16 @@ def _imagenet(name: str, settings: dict[str, Any]) -> Problem:
 
 
 def _heldout(name: str) -> Problem:
+  kind = name.split(":", 1)[0]
   try:
     i = int(name.split(":", 1)[1])
+    if i < 0:
+      raise ValueError
   except ValueError:
-    raise ValueError(f"bad held-out task {name!r}: use heldout:<index>, "
-                     "e.g. heldout:0") from None
-  tc = holdout_configs(i + 1, default_ensemble())[i]
+    raise ValueError(f"bad {kind} task {name!r}: use {kind}:<index>, "
+                     f"e.g. {kind}:0") from None
+  configs = holdout_configs if kind == "heldout" else validation_configs
+  tc = configs(i + 1, default_ensemble())[i]
   task = build_task(tc)
 
   def init(k):
@@ -184,7 +191,7 @@ def _heldout(name: str) -> Problem:
     value, grads = task.loss_and_grad(params, task_data, k)
     return (value, task_data), grads
 
-  return Problem(name=f"{name} {tc.name}", key=("heldout", tc.to_json()),
+  return Problem(name=f"{name} {tc.name}", key=(kind, tc.to_json()),
                  init=init, loss=loss, loss_and_grad=loss_and_grad,
                  track=task.full_loss, metric="meta_objective",
                  higher_is_better=False)
@@ -200,7 +207,7 @@ def _cached(name: str, frozen: tuple) -> Problem:
   if name in RETINA:
     from evaluators import retina_problems  # pylint: disable=import-outside-toplevel
     return retina_problems.build(name, settings)
-  if name.startswith("heldout:"):
+  if name.startswith(("heldout:", "validation:")):
     return _heldout(name)
   raise ValueError(f"unknown evaluation task {name!r}; known: "
                    f"{', '.join(known_tasks())}")

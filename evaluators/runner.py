@@ -175,11 +175,16 @@ def _programs(problem: Problem, opt: Optimizer):
   grad_fn = problem.loss_and_grad or jax.value_and_grad(problem.loss,
                                                          has_aux=True)
 
-  # Runs once per run: cheap compilation matters more than its speed.
-  @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+  # A model's initializers run once per run: cheap compilation matters more
+  # than their speed. The optimizer's init is compiled normally (an HRNN
+  # draws per-parameter learning rates, slow at the lowest level).
+  init_problem = functools.partial(jax.jit, compiler_options=_FAST_COMPILE)(
+      problem.init)
+  init_opt = jax.jit(lambda params, args: build(args).init(params))
+
   def init(seed_key, args):
-    params, aux = problem.init(seed_key)
-    return params, aux, build(args).init(params)
+    params, aux = init_problem(seed_key)
+    return params, aux, init_opt(params, args)
 
   @jax.jit
   def chunk(params, aux, opt_state, args, batches, keys):
@@ -226,14 +231,16 @@ def _signature(tree) -> tuple:
                                  for x in leaves)
 
 
-def _executable(fn, cache_key, call_args) -> tuple[Any, float]:
+def _executable(fn, cache_key, call_args, fast_compile: bool = False
+                ) -> tuple[Any, float]:
   """The compiled ``fn`` for these argument shapes, and its compile time
   (0 when it was compiled before)."""
-  key = cache_key + (_signature(call_args[4]), _signature(call_args[5]))
+  key = cache_key + (_signature(call_args[4]), _signature(call_args[5]),
+                     fast_compile)
   if key in _COMPILED:
     return _COMPILED[key], 0.0
   t0 = time.perf_counter()
-  exe = fn.lower(*call_args).compile()
+  exe = fn.lower(*call_args).compile(_FAST_COMPILE if fast_compile else None)
   _COMPILED[key] = exe
   return exe, time.perf_counter() - t0
 
@@ -255,7 +262,7 @@ def meta_objective(losses: list[float]) -> float:
 
 def run(problem: Problem, opt: Optimizer, *, steps: int, seed: int,
         chunk: int = 50, eval_every: int = 0,
-        divergence_factor: float = 1e3,
+        divergence_factor: float = 1e3, fast_compile: bool = False,
         log: Callable[[str], None] | None = None) -> RunResult:
   """Trains ``problem`` with ``opt`` for ``steps`` steps from seed ``seed``.
 
@@ -271,6 +278,8 @@ def run(problem: Problem, opt: Optimizer, *, steps: int, seed: int,
       check); clipped to ``eval_every`` when that is set.
     eval_every: held-out evaluation period in steps (0: only at the end).
     divergence_factor: a loss above ``factor * (first loss + 1)`` diverged.
+    fast_compile: compile the training step at XLA's lowest optimization
+      level: much faster to compile, slower to run (smoke tests).
     log: receives a progress line per evaluation, for long runs.
   """
   if steps < 1:
@@ -316,7 +325,8 @@ def run(problem: Problem, opt: Optimizer, *, steps: int, seed: int,
     batches = (_stack([next(batch_iter) for _ in range(n)])
                if batch_iter is not None else None)
     call_args = (params, aux, opt_state, args, batches, keys)
-    exe, c_s = _executable(chunk_fn, (problem.key, opt.family), call_args)
+    exe, c_s = _executable(chunk_fn, (problem.key, opt.family), call_args,
+                           fast_compile)
     compile_s += c_s
     t0 = time.perf_counter()
     params, aux, opt_state, losses, tracked = exe(*call_args)

@@ -7,6 +7,8 @@ A suite is a frozen ``SuiteConfig`` built from a preset name plus
   on a CPU.
 * ``heldout``: the 12 held-out configurations of the meta-training
   ensemble, 200 steps, 4 seeds.
+* ``validation``: 12 validation configurations of the ensemble (choosing
+  checkpoints and settings; never the test tasks), as ``heldout``.
 * ``imagenet``: Inception V3 and ResNet-50 V2, thousands of steps; for
   accelerator hosts (``image_size``, ``batch_size`` and ``steps`` shrink it
   for smoke tests).
@@ -46,6 +48,9 @@ class SuiteConfig:
     baselines: the hand-designed optimizers, each tuned over its grid.
     adam_lrs, rmsprop_lrs, sgdm_lrs: the learning-rate grids.
     data_dir: TFDS data dir ("" : TFDS's default).
+    fast_compile: compile training steps at XLA's lowest optimization
+      level (seconds instead of a minute for ImageNet models on a CPU, but
+      slower steps): for smoke tests, never for figures.
   """
 
   name: str = "small"
@@ -67,6 +72,7 @@ class SuiteConfig:
   rmsprop_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
   sgdm_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
   data_dir: str = ""
+  fast_compile: bool = False
 
   def __post_init__(self):
     from evaluators import baselines  # pylint: disable=import-outside-toplevel
@@ -107,6 +113,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "seeds": 4, "eval_every": 0, "chunk": 200,
                 "adam_lrs": list(_LR_GRID), "rmsprop_lrs": list(_LR_GRID),
                 "sgdm_lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]},
+    "validation": {"tasks": [f"validation:{i}" for i in range(12)],
+                   "steps": 200, "seeds": 4, "eval_every": 0, "chunk": 200,
+                   "adam_lrs": list(_LR_GRID), "rmsprop_lrs": list(_LR_GRID),
+                   "sgdm_lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]},
     "imagenet": {"tasks": ["inception_v3", "resnet50_v2"], "steps": 5000,
                  "seeds": 1, "batch_size": 256, "dtype": "bfloat16",
                  "eval_examples": 10000, "eval_every": 1000, "chunk": 1,

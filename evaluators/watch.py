@@ -145,7 +145,8 @@ class Evaluator:
     p, s = self.problems[u.task], self.suite
     kwargs = dict(steps=s.steps, seed=u.seed, chunk=s.chunk,
                   eval_every=s.eval_every,
-                  divergence_factor=s.divergence_factor)
+                  divergence_factor=s.divergence_factor,
+                  fast_compile=s.fast_compile)
     if u.optimizer == "learned":
       return run(p, baselines.learned(source.config, source.theta),
                  **kwargs).to_json(), False

@@ -61,6 +61,9 @@ def _cmd_train(args) -> int:
   if args.workers is not None and args.workers < 0:
     print("lopt: error: --workers must be >= 0", file=sys.stderr)
     return 2
+  if (msg := _resume_mismatch(cfg, args.workdir)) is not None:
+    print(f"lopt: error: {msg}", file=sys.stderr)
+    return 2
   os.makedirs(args.workdir, exist_ok=True)
   with open(os.path.join(args.workdir, "config.json"), "w") as f:
     json.dump(config_lib.to_dict(cfg), f, indent=2, sort_keys=True)
@@ -70,6 +73,44 @@ def _cmd_train(args) -> int:
     return 0
   from metatrain import launcher  # pylint: disable=import-outside-toplevel
   return launcher.run(cfg, args)
+
+
+def _resume_mismatch(cfg, workdir: str) -> str | None:
+  """Why resuming ``workdir`` with ``cfg`` would change the optimizer, if so.
+
+  Meta-parameters are only meaningful for the HRNN config they were trained
+  with (e.g. the nominal-Adam start reads them differently), so resuming a
+  checkpoint under another ``hrnn`` config is refused.
+  """
+  import os  # pylint: disable=import-outside-toplevel
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return None
+  from metatrain import checkpoints  # pylint: disable=import-outside-toplevel
+  from metatrain.hrnn_config import HRNNConfig  # pylint: disable=import-outside-toplevel
+  with checkpoints.Checkpointer(workdir, read_only=True) as ckpt:
+    latest = ckpt.latest_step()
+    if latest is None:
+      return None
+    saved = ckpt.restore_meta(latest).get("config", {}).get("hrnn")
+  if saved is None:
+    return None
+  old = HRNNConfig.from_dict(saved)
+  if old == cfg.hrnn:
+    return None
+  diff = [f"hrnn.{k}: checkpoint {v!r}, now {getattr(cfg.hrnn, k)!r}"
+          for k, v in old.to_dict().items()
+          if v != cfg.hrnn.to_dict()[k]]
+  sets = " ".join(f"--set hrnn.{k}={_json_value(v)}"
+                  for k, v in old.to_dict().items()
+                  if v != cfg.hrnn.to_dict()[k])
+  return (f"{workdir}/checkpoints (step {latest}) was trained with another "
+          f"optimizer config ({'; '.join(diff)}); resume with the same "
+          f"settings ({sets}) or start a new --workdir")
+
+
+def _json_value(v) -> str:
+  import json  # pylint: disable=import-outside-toplevel
+  return json.dumps(v).replace(" ", "")
 
 
 def _cmd_evaluate(args) -> int:

@@ -186,7 +186,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"unroll": {"steps_mean": 200.0, "min_steps": 50,
                          "max_steps": 1600, "truncations_mean": 40.0},
               "meta_opt": {"name": "rmsprop", "learning_rate": 1e-6,
-                           "clip_norm": 0.0}},
+                           "clip_norm": 0.0},
+              "hrnn": {"nominal_adam": False}},
 }
 
 

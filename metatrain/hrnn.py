@@ -59,6 +59,8 @@ class HRNNState:
   scl_decay: jax.Array  # (size,) decay of ms, output by the optimizer
   inp_decay: jax.Array  # (size,) base decay of the averages
   log_lr: jax.Array  # (size,) stored log learning rates; (0,) if unused
+  adam_m: jax.Array  # (size,) nominal Adam's first moment; (0,) if unused
+  adam_v: jax.Array  # (size,) nominal Adam's second moment; (0,) if unused
   h_tensor: jax.Array  # (num_tensors, tensor_units); (0,) if unused
   h_global: jax.Array  # (global_units,); (0,) if unused
   true_params: tuple  # per params leaf: a copy (attention only) or None
@@ -86,7 +88,12 @@ def _affine_init(key, in_dim, out_dim, cfg):
 
 
 def init_theta(key: jax.Array, config: HRNNConfig) -> Theta:
-  """Samples fresh meta-parameters with the reference initialisation."""
+  """Samples fresh meta-parameters with the reference initialisation.
+
+  With ``config.nominal_adam`` the direction readout and the gradient
+  shortcut start at zero and the step-size offset at 0, so that the
+  untrained optimizer is exactly Adam(``config.init_lr``).
+  """
   cfg = config
   p, t, g = cfg.param_units, cfg.tensor_units, cfg.global_units
   ks = iter(jax.random.split(key, 16))
@@ -123,6 +130,12 @@ def init_theta(key: jax.Array, config: HRNNConfig) -> Theta:
                                                 maxval=1)
     theta["global_to_param"] = _affine_init(next(ks), g, 3 * p, cfg)
     theta["global_to_tensor"] = _affine_init(next(ks), g, 3 * t, cfg)
+  if cfg.nominal_adam:  # the RNN's contributions start at zero
+    theta["w_update"] = jnp.zeros((p,))
+    theta["stepsize_offset"] = jnp.asarray(0.0)
+    for k in ("shortcut", "w_attention", "shortcut_attention"):
+      if k in theta:
+        theta[k] = jnp.zeros_like(theta[k])
   return jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), theta)
 
 
@@ -153,7 +166,11 @@ def init_state(config: HRNNConfig, theta: Theta, params: Any,
   layout = packing.make_layout(leaves)
   size, nt = layout.size, layout.num_tensors
   t = cfg.num_timescales
-  if cfg.dynamic_output_scale:
+  if cfg.nominal_adam:  # deterministic: every element starts at init_lr
+    log_lr = packing.pack(
+        layout, {i: jnp.full((layout.sizes[i],), math.log(cfg.init_lr))
+                 for i in layout.live}, jnp.result_type(float))
+  elif cfg.dynamic_output_scale:
     lo = 0.5 * math.log(cfg.init_lr_range[0])
     hi = 0.5 * math.log(cfg.init_lr_range[1])
     draws = {}
@@ -181,8 +198,10 @@ def init_state(config: HRNNConfig, theta: Theta, params: Any,
                          (cfg.param_units, size)),
       acc=jnp.zeros((t, size)), ms=jnp.zeros((t, size)),
       scl_decay=jnp.zeros((size,)), inp_decay=jnp.zeros((size,)),
-      log_lr=log_lr, h_tensor=h_t, h_global=h_g, true_params=true,
-      layout=layout)
+      log_lr=log_lr,
+      adam_m=jnp.zeros((size if cfg.nominal_adam else 0,)),
+      adam_v=jnp.zeros((size if cfg.nominal_adam else 0,)),
+      h_tensor=h_t, h_global=h_g, true_params=true, layout=layout)
 
 
 # ----------------------------------------------------------------------------
@@ -252,7 +271,8 @@ def _features(cfg, s, g, first_step, mean_log_lr):
   return jnp.concatenate(feats, axis=0), acc, ms, scaled
 
 
-def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr):
+def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
+                t1=None):
   """The per-parameter work on one block of the slab.
 
   Args:
@@ -266,6 +286,7 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr):
       or a (3 param_units,) one shared by all.
     first_step: whether this is the first step.
     mean_log_lr: mean stored log-LR over the problem.
+    t1: the step number counting from 1 (nominal Adam's bias correction).
 
   Returns:
     ``(new_s, (step, attend), sums)``: ``step`` and ``attend`` (*view)
@@ -286,6 +307,13 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr):
   d = proj[0]
   if cfg.use_gradient_shortcut:
     d = d + _mm(theta["shortcut"], scaled)
+  adam = None
+  if cfg.nominal_adam:  # Adam's direction, bias-corrected
+    b1, b2 = cfg.adam_b1, cfg.adam_b2
+    m = b1 * s["adam_m"] + (1.0 - b1) * g
+    v = b2 * s["adam_v"] + (1.0 - b2) * g * g
+    adam = (m / (1.0 - b1 ** t1)) / (jnp.sqrt(v / (1.0 - b2 ** t1)) +
+                                     cfg.adam_eps)
   if cfg.learnable_decay:
     scl_decay = jax.nn.sigmoid(proj[1] + theta["b_scl_decay"])
     inp_decay = jax.nn.sigmoid(proj[2] + theta["b_inp_decay"])
@@ -294,12 +322,18 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr):
     inp_decay = jnp.full_like(d, 0.89)
   new = {"h": h, "acc": acc, "ms": ms, "scl_decay": scl_decay,
          "inp_decay": inp_decay}
+  if adam is not None:
+    # The step is lr * (Adam's direction + the RNN's): no per-tensor
+    # normalisation, which would erase Adam's per-element scale.
+    new["adam_m"], new["adam_v"] = m, v
+    d = adam + d
   sums = {}
   if cfg.use_tensor_rnn:
     sums["h"] = info.sums(h)
     sums["feats"] = info.sums(feats)
   if cfg.dynamic_output_scale:
-    sums["d2"] = info.sums((d * d)[None])
+    if adam is None:
+      sums["d2"] = info.sums((d * d)[None])
     log_lr = s["log_lr"]
     step_log_lr = log_lr + proj[3] + theta["b_lr"]
     step_log_lr = _clip_straight_through(step_log_lr, _MIN_LOG_LR,
@@ -375,9 +409,12 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
            "scl_decay": state.scl_decay, "inp_decay": state.inp_decay}
   if cfg.dynamic_output_scale:
     slabs["log_lr"] = state.log_lr
+  if cfg.nominal_adam:
+    slabs["adam_m"], slabs["adam_v"] = state.adam_m, state.adam_v
   g = packing.pack(layout, g_leaves, cdt)
   fn = functools.partial(_param_pass, cfg, theta, bias_table=bias_table,
-                         first_step=first_step, mean_log_lr=mean_log_lr)
+                         first_step=first_step, mean_log_lr=mean_log_lr,
+                         t1=(state.step + 1).astype(cdt))
   new, (step, attend), sums = packing.blocked_map(layout, fn, slabs, g)
   sums = {k: packing.segment_sums(layout, v) for k, v in sums.items()}
   n_t = layout.tensor_sizes(cdt)[:, None]

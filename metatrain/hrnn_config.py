@@ -39,6 +39,18 @@ class HRNNConfig:
   stepsize_offset_init: float = -1.0
   shortcut_init_std: float = 0.05
   init_seed: int = 0  # seeds the per-element initial log-LRs in ``init``
+  # Start as Adam (the default): a nominal Adam term (m, v per parameter)
+  # with a deterministic learning rate ``init_lr``, and zero-initialised
+  # RNN contributions (direction readout, gradient shortcut, log-LR
+  # readout), so the untrained optimizer *is* Adam(init_lr) and
+  # meta-training learns corrections. False: the 2017 paper's start
+  # (random log-LRs in ``init_lr_range``, unit-RMS directions, offset -1);
+  # ``HRNNConfig.paper()``.
+  nominal_adam: bool = True
+  init_lr: float = 1e-3
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  adam_eps: float = 1e-8
 
   def __post_init__(self):
     # Normalise list-y fields (e.g. from JSON) so the config stays hashable.
@@ -57,8 +69,21 @@ class HRNNConfig:
       errors.append("use_global_rnn needs use_tensor_rnn")
     if self.use_relative_lr and not self.dynamic_output_scale:
       errors.append("use_relative_lr needs dynamic_output_scale")
+    if self.nominal_adam and not self.dynamic_output_scale:
+      errors.append("nominal_adam needs dynamic_output_scale (its learning "
+                    "rate is the stored log-LR)")
+    if not self.init_lr > 0:
+      errors.append("init_lr must be > 0")
+    if not (0 <= self.adam_b1 < 1 and 0 <= self.adam_b2 < 1 and
+            self.adam_eps > 0):
+      errors.append("adam_b1, adam_b2 must be in [0, 1) and adam_eps > 0")
     if errors:
       raise ValueError("Invalid HRNNConfig: " + "; ".join(errors))
+
+  @classmethod
+  def paper(cls, **overrides: Any) -> "HRNNConfig":
+    """The 2017 paper's optimizer and initialisation (no nominal Adam)."""
+    return cls(**{"nominal_adam": False, **overrides})
 
   @property
   def num_features(self) -> int:
@@ -85,6 +110,9 @@ class HRNNConfig:
     unknown = sorted(set(d) - set(known))
     if unknown:
       raise ValueError(f"unknown HRNNConfig field(s): {', '.join(unknown)}")
+    # Configs written before the nominal-Adam start existed describe the
+    # paper's optimizer: files and checkpoints keep their behaviour.
+    d = {"nominal_adam": False, **d}
     kwargs = {}
     for k, v in d.items():
       default = getattr(cls, k) if hasattr(cls, k) else None

@@ -30,7 +30,8 @@ def test_imagenet_suite_runs_both_models(tmp_path, fake_imagenet_data_dir):
   wd = tmp_path / "wd"
   tiny = ["image_size=75", "steps=2", "batch_size=2", "eval_examples=4",
           "seeds=1", 'baselines=["adam"]', "adam_lrs=[0.001]",
-          "dtype=float32", "eval_every=0", f"data_dir={fake_imagenet_data_dir}"]
+          "dtype=float32", "eval_every=0", "fast_compile=true",
+          f"data_dir={fake_imagenet_data_dir}"]
   out = subprocess.run(
       [sys.executable, "-m", "infra.cli", "evaluate", "--workdir", str(wd),
        "--suite", "imagenet", "--lopt", str(lopt),

@@ -67,3 +67,29 @@ def test_train_workers_0_writes_config_and_progress(tmp_path, capsys):
   assert saved["unroll"]["max_steps"] == 20 and saved["steps"] == 20
   err = capsys.readouterr().err
   assert "step     5/5" in err and "task-steps/s" in err
+
+
+def test_train_refuses_to_resume_under_another_hrnn_config(tmp_path, capsys):
+  """A checkpoint trained with the paper's start is not resumed as Adam's."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from metatrain import checkpoints, hrnn  # pylint: disable=import-outside-toplevel
+  paper = config_lib.load("tiny", ["hrnn.nominal_adam=false"])
+  saved = config_lib.to_dict(paper)
+  del saved["hrnn"]["nominal_adam"]  # a file from before the field existed
+  theta = hrnn.init_theta(jax.random.PRNGKey(0), paper.hrnn)
+  with checkpoints.Checkpointer(str(tmp_path)) as ckpt:
+    ckpt.save(3, theta=theta, opt_state=optax.adam(1e-3).init(theta),
+              counters={}, config=saved, force=True,
+              rng_state=np.random.default_rng(0).bit_generator.state)
+  before = (tmp_path / "checkpoints").stat().st_mtime
+  rc = cli.main(["train", "--workers", "0", "--config", "tiny", "--workdir",
+                 str(tmp_path), "--steps", "5"])
+  err = capsys.readouterr().err
+  assert rc == 2
+  assert "hrnn.nominal_adam: checkpoint False, now True" in err
+  assert "--set hrnn.nominal_adam=false" in err
+  assert not (tmp_path / "config.json").exists()
+  assert (tmp_path / "checkpoints").stat().st_mtime == before
+  assert cli._resume_mismatch(paper, str(tmp_path)) is None  # pylint: disable=protected-access

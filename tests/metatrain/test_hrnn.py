@@ -1,6 +1,7 @@
 """Behavioural tests of the hierarchical RNN optimizer."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,9 @@ import pytest
 from metatrain import hrnn
 from metatrain.hrnn import HRNNConfig
 
-CFG = HRNNConfig()
+# The paper's optimizer: most tests here exercise its mechanics. The default
+# (nominal-Adam) start has its own tests at the end.
+CFG = HRNNConfig.paper()
 THETA = hrnn.init_theta(jax.random.PRNGKey(0), CFG)
 
 
@@ -246,3 +249,97 @@ def test_state_bytes_per_param():
   state = hrnn.init_state(CFG, THETA, params)
   # 10 hidden + 4 averages + 4 mean squares + 2 decays + 1 log-lr floats.
   assert hrnn.state_bytes_per_param(state) == pytest.approx(21 * 4, rel=0.01)
+
+
+# ----------------------------------------------------------------------------
+# The default start: the untrained optimizer is Adam.
+
+
+def test_the_default_untrained_optimizer_is_adam():
+  cfg = HRNNConfig()
+  assert cfg.nominal_adam and cfg.init_lr == 1e-3
+  theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg)
+  loss, params = _quadratic(jax.random.PRNGKey(9))
+  params = dict(params, big=jnp.full((300, 500), 0.1))  # a blocked slab too
+  full = lambda p: loss(p) + jnp.sum(jnp.cos(p["big"]))
+  state, tx = hrnn.init_state(cfg, theta, params), optax.adam(1e-3)
+  adam_state, p1, p2 = tx.init(params), params, params
+  step = jax.jit(lambda s, g: hrnn.update(cfg, theta, s, g))
+  for _ in range(6):
+    u1, state = step(state, jax.grad(full)(p1))
+    u2, adam_state = tx.update(jax.grad(full)(p2), adam_state)
+    for a, b in zip(jax.tree_util.tree_leaves(u1),
+                    jax.tree_util.tree_leaves(u2)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                                 atol=1e-9)
+    p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+  # 8 more bytes per parameter than the paper's optimizer: Adam's m and v.
+  paper = hrnn.init_state(CFG, THETA, params)
+  assert (hrnn.state_bytes_per_param(state) -
+          hrnn.state_bytes_per_param(paper)) == pytest.approx(8.0, abs=0.1)
+
+
+@pytest.mark.parametrize("task", ["quadratic", "logistic", "bowl"])
+def test_the_default_untrained_optimizer_is_within_10pc_of_adam(task):
+  from metatrain.tasks import TaskConfig, build_task  # pylint: disable=import-outside-toplevel
+  config = {
+      "quadratic": TaskConfig("quadratic", (("dim", 20), ("noise", 0.0))),
+      "logistic": TaskConfig("logistic", (("dim", 100), ("sep", 1.0),
+                                          ("batch", 50), ("noise", 0.0))),
+      "bowl": TaskConfig("bowl", (("cond", 5.0), ("angle", 0.785),
+                                  ("noise", 0.0))),
+  }[task]
+  t = build_task(config)
+  cfg = HRNNConfig()
+  theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def final_loss(use_hrnn):
+    params, data = t.init(jax.random.PRNGKey(3))
+    tx = (hrnn_optax_like(cfg, theta) if use_hrnn else optax.adam(1e-3))
+
+    def body(carry, k):
+      p, s = carry
+      _, g = t.loss_and_grad(p, data, k)
+      u, s = tx.update(g, s, p)
+      return (optax.apply_updates(p, u), s), None
+
+    keys = jax.random.split(jax.random.PRNGKey(4), 200)
+    (p, _), _ = jax.lax.scan(body, (params, tx.init(params)), keys)
+    return t.full_loss(p, data)
+
+  learned, adam = float(final_loss(True)), float(final_loss(False))
+  assert np.isfinite(learned) and learned <= 1.1 * adam + 1e-6, (learned,
+                                                                 adam)
+
+
+def hrnn_optax_like(cfg, theta):
+  from metatrain.optax_adapter import hrnn_optax  # pylint: disable=import-outside-toplevel
+  return hrnn_optax(cfg, theta)
+
+
+def test_the_zero_initialised_corrections_get_meta_gradients():
+  cfg = HRNNConfig()
+  theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg)
+  loss, params = _quadratic(jax.random.PRNGKey(2))
+
+  def meta_loss(th):
+    losses, _, _, _ = _run(cfg, th, loss, params, 8)
+    return jnp.mean(jnp.log(losses))
+
+  g = jax.jit(jax.grad(meta_loss))(theta)
+  for k in ("w_update", "shortcut", "w_lr", "b_lr", "stepsize_offset"):
+    assert float(jnp.sum(jnp.abs(g[k]))) > 0, k
+    assert np.all(np.isfinite(np.asarray(g[k])))
+
+
+def test_configs_without_nominal_adam_keep_the_paper_behaviour():
+  # Files and checkpoints written before the nominal-Adam start existed have
+  # no such field: they load as the paper's optimizer they were trained as.
+  legacy = {k: v for k, v in CFG.to_dict().items()
+            if k not in ("nominal_adam", "init_lr", "adam_b1", "adam_b2",
+                         "adam_eps")}
+  assert HRNNConfig.from_dict(legacy) == CFG
+  assert HRNNConfig.from_dict(HRNNConfig().to_dict()) == HRNNConfig()
+  with pytest.raises(ValueError, match="nominal_adam needs"):
+    HRNNConfig(dynamic_output_scale=False, use_relative_lr=False)

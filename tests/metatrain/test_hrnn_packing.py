@@ -314,7 +314,8 @@ def _ref_update(config: HRNNConfig, theta: Theta, state: _RefState, grads: Any,
 # ----------------------------------------------------------------------------
 # Tests.
 
-CFG = HRNNConfig()
+# The reference above is the paper's optimizer (no nominal Adam term).
+CFG = HRNNConfig.paper()
 
 CONFIGS = {
     "default": {},

@@ -43,8 +43,19 @@ def test_extra_args_are_accepted():
   assert u["w"].shape == (4,)
 
 
-def test_key_changes_initial_learning_rates():
+def test_key_changes_initial_learning_rates_of_the_paper_start():
+  cfg = hrnn.HRNNConfig.paper()
+  theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg)
+  params = {"w": jnp.ones(8)}
+  s0 = metatrain.hrnn_optax(cfg, theta).init(params)
+  s1 = metatrain.hrnn_optax(cfg, theta, key=jax.random.PRNGKey(7)).init(params)
+  assert not np.allclose(np.asarray(s0.log_lr), np.asarray(s1.log_lr))
+
+
+def test_default_start_is_deterministic_at_init_lr():
   params = {"w": jnp.ones(8)}
   s0 = metatrain.hrnn_optax(CFG, THETA).init(params)
   s1 = metatrain.hrnn_optax(CFG, THETA, key=jax.random.PRNGKey(7)).init(params)
-  assert not np.allclose(np.asarray(s0.log_lr), np.asarray(s1.log_lr))
+  np.testing.assert_array_equal(np.asarray(s0.log_lr), np.asarray(s1.log_lr))
+  np.testing.assert_allclose(np.exp(np.asarray(s0.log_lr)), CFG.init_lr,
+                             rtol=1e-6)
