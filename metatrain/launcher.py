@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from metatrain import checkpoints, hrnn, learner, local_train, programs
+from metatrain import checkpoints, hrnn, learner, meta_step, programs
 from metatrain import config as config_lib
 from metatrain.config import TrainConfig
 from metatrain.worker import UnrollWorker, actor_options
@@ -138,7 +138,7 @@ def run(cfg: TrainConfig, args) -> int:
   import ray  # pylint: disable=import-outside-toplevel
   workdir = args.workdir
   steps_target = args.steps if args.steps is not None else cfg.steps
-  opt = local_train.meta_optimizer(cfg.meta_opt)
+  opt = meta_step.meta_optimizer(cfg.meta_opt)
   started_ray = init_ray(args.address, getattr(args, "dashboard", False))
   ckpt = checkpoints.Checkpointer(
       workdir,

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import optax
 
-from metatrain.local_train import make_apply
+from metatrain.meta_step import make_apply
 from metatrain.worker import MetaGrad
 
 _DEDUP_WINDOW = 4096  # per-worker seqs remembered for duplicate detection

@@ -2,160 +2,24 @@
 
 Samples task groups from the ensemble, computes their meta-gradients
 (truncated BPTT, PES, or a mix: ``meta_grad.estimator``), averages them, and
-applies the meta-optimizer. The same pieces (``TaskGroup``) run inside Ray
-workers when distributed.
+applies the meta-optimizer. The pieces (``meta_step``: ``TaskGroup``,
+``make_apply``, ``StallWatchdog``) are the ones the Ray workers and the
+learner use when distributed.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import sys
-import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from metatrain import hrnn, pes, programs, tasks, unroll
-from metatrain.config import MetaGradConfig, MetaOptConfig, TrainConfig
-
-
-def meta_optimizer(cfg: MetaOptConfig) -> optax.GradientTransformation:
-  """Clip elementwise (as the reference), clip the norm, then Adam/RMSProp."""
-  parts = [optax.clip(cfg.clip_value)]
-  if cfg.clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-  if cfg.name == "rmsprop":
-    parts.append(optax.rmsprop(cfg.learning_rate, decay=cfg.rmsprop_decay))
-  else:
-    parts.append(optax.adam(cfg.learning_rate))
-  return optax.chain(*parts)
-
-
-def make_apply(opt: optax.GradientTransformation):
-  """Jitted meta-update: (theta, opt_state, grad) -> (theta', state', finite,
-  grad norm). Callers keep the old theta when ``finite`` is False."""
-
-  @jax.jit
-  def apply(theta, opt_state, grad):
-    updates, new_opt_state = opt.update(grad, opt_state, theta)
-    new_theta = optax.apply_updates(theta, updates)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
-                                jax.tree_util.tree_leaves(new_theta)]))
-    return new_theta, new_opt_state, finite, optax.tree.norm(grad)
-
-  return apply
-
-
-def group_estimator(seed: int, mcfg: MetaGradConfig) -> str:
-  """The estimator of a new group whose key is drawn from ``seed``.
-
-  For "mix" a coin seeded by ``seed`` and a tag picks PES with probability
-  ``mix_pes_fraction``; it draws nothing from the trainer's generator, so
-  every estimator setting samples the same task configs and keys.
-  """
-  if mcfg.estimator != "mix":
-    return mcfg.estimator
-  coin = np.random.default_rng([seed, 0x9E5]).random()
-  return "pes" if coin < mcfg.mix_pes_fraction else "bptt"
-
-
-@dataclasses.dataclass
-class TaskGroup:
-  """Vmapped copies of one task config and their carried unroll states.
-
-  A BPTT group holds ``unroll.tasks_per_group`` tasks
-  (``unroll.TaskUnrollState``); a PES group ``2 * meta_grad.pes_pairs``
-  particles and their perturbation accumulators (``pes.PESState``).
-  """
-
-  config: tasks.TaskConfig
-  states: Any
-  age: int = 0
-  estimator: str = "bptt"  # "bptt" or "pes", fixed for the group's life
-
-  @classmethod
-  def sample(cls, rng: np.random.Generator, ensemble: tasks.Ensemble,
-             cfg: TrainConfig, theta) -> "TaskGroup":
-    tc = ensemble.sample(rng)
-    seed = int(rng.integers(2**31))
-    estimator = group_estimator(seed, cfg.meta_grad)
-    key = jax.random.PRNGKey(seed)
-    if estimator == "pes":
-      programs.note(("pes_init", tc, cfg.unroll, cfg.hrnn,
-                     cfg.meta_grad.pes_pairs))
-      states = pes.init_pes_states(
-          theta, key, task_config=tc, hcfg=cfg.hrnn, ucfg=cfg.unroll,
-          num_pairs=cfg.meta_grad.pes_pairs)
-    else:
-      programs.note(("init", tc, cfg.unroll, cfg.hrnn))
-      states = unroll.init_group_states(
-          theta, key, task_config=tc, hcfg=cfg.hrnn, ucfg=cfg.unroll,
-          num_tasks=cfg.unroll.tasks_per_group)
-    return cls(tc, states, estimator=estimator)
-
-  @property
-  def label(self) -> str:
-    return self.config.name + (" [pes]" if self.estimator == "pes" else "")
-
-  def meta_grad(self, theta, rng: np.random.Generator, cfg: TrainConfig):
-    """One truncation: returns (grad, metrics, task_steps).
-
-    Metrics are ``group_meta_grad``'s plus ``grad_weight``, the fraction of
-    the group's members whose gradient counts; task steps count every
-    member (PES: both particles of every pair).
-    """
-    length = unroll.sample_length(rng, cfg.unroll)
-    key = jax.random.PRNGKey(int(rng.integers(2**31)))
-    scan_len = unroll.bucket(length, cfg.unroll)
-    if self.estimator == "pes":
-      n = pes.num_pairs(self.states)
-      k_run, k_eps = jax.random.split(key)
-      programs.note(("pes", self.config, scan_len, cfg.unroll, cfg.hrnn))
-      grad, self.states, metrics = pes.pes_meta_grad(
-          theta, self.states, jax.random.split(k_run, n), k_eps, length,
-          cfg.meta_grad.pes_std, task_config=self.config, hcfg=cfg.hrnn,
-          ucfg=cfg.unroll, scan_len=scan_len)
-      members = 2 * n
-    else:
-      members = cfg.unroll.tasks_per_group
-      programs.note(("grad", self.config, scan_len, cfg.unroll, cfg.hrnn))
-      grad, self.states, metrics = unroll.group_meta_grad(
-          theta, self.states, jax.random.split(key, members), length,
-          task_config=self.config, hcfg=cfg.hrnn, ucfg=cfg.unroll,
-          scan_len=scan_len)
-      metrics = dict(metrics, grad_weight=metrics["num_good"] / members)
-    self.age += 1
-    return grad, metrics, length * members
-
-
-def average_grads(results: list[tuple[Any, dict]]) -> tuple[Any, dict]:
-  """Averages group gradients, weighting groups by their good-task count.
-
-  Groups report ``grad_weight``, the fraction of their members that count,
-  so a BPTT and a PES group of different sizes weigh the same when all
-  their members count; results without it are weighted by ``num_good``.
-  """
-  weights = np.array([float(m.get("grad_weight", m["num_good"]))
-                      for _, m in results])
-  total = weights.sum()
-  if total == 0:
-    grad = jax.tree_util.tree_map(jnp.zeros_like, results[0][0])
-  else:
-    grad = jax.tree_util.tree_map(
-        lambda *gs: sum(w * g for w, g in zip(weights, gs)) / total,
-        *[g for g, _ in results])
-  summed = {k: float(sum(float(m[k]) for _, m in results))
-            for k in ("num_nonfinite", "num_diverged", "num_resets",
-                      "num_good")}
-  # Every group has the same number of tasks, diverged ones included.
-  summed["meta_loss"] = float(np.mean([float(m["meta_loss"])
-                                       for _, m in results]))
-  return grad, summed
+from metatrain import hrnn, programs, tasks
+from metatrain.config import TrainConfig
+from metatrain.meta_step import (StallWatchdog, TaskGroup, average_grads,
+                                 make_apply, meta_optimizer)
 
 
 class MetaTrainer:
@@ -215,42 +79,6 @@ def format_progress(m: dict[str, float], counters: dict[str, int],
           f"|g| {m['grad_norm']:.3g}  task-steps/s {m['task_steps_per_s']:,.0f}"
           f"  nonfinite {counters['num_nonfinite']}  diverged "
           f"{counters['num_diverged']}  resets {counters['num_resets']}")
-
-
-class StallWatchdog:
-  """Ends the process (exit code 3) when one unit of work runs too long.
-
-  jax 0.10's XLA:CPU runtime can wait forever on a result whose completion
-  was lost (docs/architecture.md). A thread stuck like that cannot be
-  interrupted from Python, so this watchdog thread logs ``describe()`` and
-  ends the process: a Ray worker is then restarted by Ray, and a
-  single-process run can be rerun. Call ``beat()`` when a unit starts and
-  ends, ``stop()`` when the work is over.
-  """
-
-  def __init__(self, seconds: float, describe: Callable[[], str],
-               log: Callable[[str], None]):
-    self.seconds, self.describe, self.log = seconds, describe, log
-    self.last = time.monotonic()
-    if seconds > 0:
-      threading.Thread(target=self._watch, daemon=True).start()
-
-  def beat(self) -> None:
-    self.last = time.monotonic()
-
-  def stop(self) -> None:
-    self.last = float("inf")
-
-  def _watch(self) -> None:
-    while True:
-      time.sleep(min(5.0, self.seconds / 4))
-      waited = time.monotonic() - self.last
-      if waited > self.seconds:
-        self.log(f"STALLED: {self.describe()} has run {waited:.0f}s (limit "
-                 f"{self.seconds:g}s); compiled programs {programs.stats()}. "
-                 "This is the XLA:CPU stall in docs/architecture.md; the "
-                 "process exits with code 3.")
-        os._exit(3)  # pylint: disable=protected-access
 
 
 def trainer_watchdog(trainer: "MetaTrainer", seconds: float,

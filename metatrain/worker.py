@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from metatrain import config as config_lib
-from metatrain import local_train, programs, tasks
+from metatrain import meta_step, programs, tasks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,7 @@ class UnrollWorker:
     self.ensemble = tasks.ensemble_for(self.cfg.tasks.include_mlps,
                                        self.cfg.tasks.families)
     self.devices = jax.local_devices()
-    self.groups: list[local_train.TaskGroup] = []
+    self.groups: list[meta_step.TaskGroup] = []
     # Sequence numbers must stay unique when Ray restarts this actor (which
     # re-runs __init__), so each incarnation starts from its start time.
     start_ms = time.time_ns() // 1_000_000
@@ -86,7 +86,7 @@ class UnrollWorker:
     self.running = "starting"
     # A group truncation (compile included) stuck past the limit ends this
     # process; Ray restarts the actor and the learner carries on.
-    self.watchdog = local_train.StallWatchdog(
+    self.watchdog = meta_step.StallWatchdog(
         self.cfg.worker.stall_timeout_s,
         lambda: f"worker {worker_id} on {self.running}",
         lambda m: print(m, flush=True))
@@ -96,8 +96,8 @@ class UnrollWorker:
     """The local device that group ``i`` runs on (round-robin)."""
     return self.devices[i % len(self.devices)]
 
-  def _new_group(self, i: int, theta) -> local_train.TaskGroup:
-    return local_train.TaskGroup.sample(self.rng, self.ensemble, self.cfg,
+  def _new_group(self, i: int, theta) -> meta_step.TaskGroup:
+    return meta_step.TaskGroup.sample(self.rng, self.ensemble, self.cfg,
                                         jax.device_put(theta, self._device(i)))
 
   def _ensure_groups(self, theta) -> None:
@@ -142,7 +142,7 @@ class UnrollWorker:
                 " (incl. compile)", flush=True)
         results.append((jax.device_get(grad), metrics))
         task_steps += n
-    grad, m = local_train.average_grads(results)
+    grad, m = meta_step.average_grads(results)
     self.watchdog.stop()  # idle between calls is not a stall
     dt = time.perf_counter() - t0
     m.update(task_steps=float(task_steps), seconds=dt,

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from metatrain import config, hrnn, learner, local_train, worker
+from metatrain import config, hrnn, learner, meta_step, worker
 from metatrain.worker import GroupError, MetaGrad
 
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ def test_the_worker_drops_the_group_that_raised(monkeypatch):
   w = worker.UnrollWorker(0, config.to_dict(cfg), seed=0)
   theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg.hrnn)
   w.compute(theta, 0)
-  real = local_train.TaskGroup.meta_grad
+  real = meta_step.TaskGroup.meta_grad
   calls = {"n": 0}
 
   def flaky(self, *a, **k):
@@ -102,7 +102,7 @@ def test_the_worker_drops_the_group_that_raised(monkeypatch):
       raise FloatingPointError("boom")
     return real(self, *a, **k)
 
-  monkeypatch.setattr(local_train.TaskGroup, "meta_grad", flaky)
+  monkeypatch.setattr(meta_step.TaskGroup, "meta_grad", flaky)
   kept = w.groups[0]
   with pytest.raises(GroupError,
                      match=r"worker 0 group 2 .*quadratic.*FloatingPointError: boom"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metatrain import config as config_lib
-from metatrain import hrnn, local_train, pes, unroll
+from metatrain import hrnn, local_train, meta_step, pes, unroll
 from metatrain.tasks import TaskConfig
 
 HCFG = hrnn.HRNNConfig()
@@ -137,11 +137,11 @@ def test_antithetic_members_share_tasks_and_minibatches():
 def test_mix_samples_both_kinds_of_groups():
   mix = config_lib.MetaGradConfig(estimator="mix", mix_pes_fraction=0.25)
   seeds = np.random.default_rng(0).integers(2**31, size=400)
-  kinds = [local_train.group_estimator(int(s), mix) for s in seeds]
+  kinds = [meta_step.group_estimator(int(s), mix) for s in seeds]
   assert set(kinds) == {"pes", "bptt"}
   assert 0.18 < kinds.count("pes") / 400 < 0.32
   for est in ("bptt", "pes"):
-    assert local_train.group_estimator(
+    assert meta_step.group_estimator(
         5, config_lib.MetaGradConfig(estimator=est)) == est
 
 
@@ -150,7 +150,7 @@ def test_groups_of_both_kinds_weigh_the_same():
                           "meta_loss")}
   bptt = ({"a": np.ones(2)}, dict(one, num_good=2.0, grad_weight=1.0))
   pes_ = ({"a": 3 * np.ones(2)}, dict(one, num_good=16.0, grad_weight=1.0))
-  grad, m = local_train.average_grads([bptt, pes_])
+  grad, m = meta_step.average_grads([bptt, pes_])
   np.testing.assert_allclose(grad["a"], [2.0, 2.0])
   assert m["num_good"] == 18
 
