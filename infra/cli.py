@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
 
 import metatrain
+
+# glibc's allocator hands big freed blocks back to the OS, so every XLA
+# temporary is freshly mapped (page faults on each step): this keeps one
+# arena and all freed memory in the process. LOPT_MALLOC=default opts out.
+KEEP_MALLOC = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+               "glibc.malloc.trim_threshold=100000000000")
+_HEAVY = ("train", "evaluate", "demo")
 
 
 def _cmd_demo(args) -> int:
@@ -326,7 +335,30 @@ def build_parser(parser_class=argparse.ArgumentParser
   return p
 
 
+def malloc_env(environ: dict[str, str]) -> dict[str, str] | None:
+  """``environ`` with the allocator kept (None: nothing to change)."""
+  if environ.get("LOPT_MALLOC", "keep") != "keep":
+    return None
+  if "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
+    return None  # already set, by us or by the user
+  if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    return None
+  env = dict(environ)
+  env["GLIBC_TUNABLES"] = ":".join(
+      t for t in (environ.get("GLIBC_TUNABLES", ""), KEEP_MALLOC) if t)
+  return env
+
+
 def main(argv: list[str] | None = None) -> int:
+  # glibc reads its tunables at process start: the command line's heavy
+  # commands re-run themselves once with them set; Ray workers and
+  # evaluators inherit them (metatrain/launcher.py passes them on).
+  if (argv is None and len(sys.argv) > 1 and sys.argv[1] in _HEAVY and
+      (env := malloc_env(dict(os.environ))) is not None):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "infra.cli",
+                               *sys.argv[1:]], env)
   parser = build_parser()
   args = parser.parse_args(argv)
   if not getattr(args, "func", None):

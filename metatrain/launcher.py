@@ -36,6 +36,8 @@ def init_ray(address: str | None, dashboard: bool = False) -> bool:
   if ray.is_initialized():
     return False
   env = {"env_vars": {"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")}}
+  if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):  # infra/cli.py
+    env["env_vars"]["GLIBC_TUNABLES"] = os.environ["GLIBC_TUNABLES"]
   if address:
     ray.init(address=address, runtime_env=env, log_to_driver=True)
   else:

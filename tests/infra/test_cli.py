@@ -93,3 +93,39 @@ def test_train_refuses_to_resume_under_another_hrnn_config(tmp_path, capsys):
   assert not (tmp_path / "config.json").exists()
   assert (tmp_path / "checkpoints").stat().st_mtime == before
   assert cli._resume_mismatch(paper, str(tmp_path)) is None  # pylint: disable=protected-access
+
+
+def test_malloc_env_keeps_freed_memory_unless_opted_out():
+  env = cli.malloc_env({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.pthread.x=1"})
+  assert env["GLIBC_TUNABLES"] == "glibc.pthread.x=1:" + cli.KEEP_MALLOC
+  assert cli.malloc_env({"LOPT_MALLOC": "default"}) is None
+  assert cli.malloc_env({"GLIBC_TUNABLES": cli.KEEP_MALLOC}) is None
+
+
+def test_heavy_commands_run_with_the_kept_allocator(tmp_path):
+  """`lopt evaluate --follow` re-runs itself with GLIBC_TUNABLES set."""
+  import os  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("GLIBC_TUNABLES", "LOPT_MALLOC")}
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "infra.cli", "evaluate", "--workdir",
+       str(tmp_path), "--follow", "--poll", "60"], env=env,
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    seen = ""
+    for _ in range(300):
+      try:
+        with open(f"/proc/{proc.pid}/environ", "rb") as f:
+          seen = f.read().decode(errors="replace")
+      except OSError:
+        break
+      if "GLIBC_TUNABLES=" in seen or proc.poll() is not None:
+        break
+      time.sleep(0.1)
+    # glibc splits the variable in place at startup (':' -> NUL here).
+    assert "GLIBC_TUNABLES=glibc.malloc.arena_max=1" in seen
+    assert "glibc.malloc.trim_threshold=100000000000" in seen
+  finally:
+    proc.kill()
+    proc.wait()
