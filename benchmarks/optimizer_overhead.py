@@ -2,13 +2,19 @@
 
 Usage:
   python benchmarks/optimizer_overhead.py [--sizes 1e4,1e6,2.5e7] [--iters N]
+      [--layouts resnet,flat] [--opts adam,hrnn-jax,hrnn-kernel]
 
-For each size it builds a params pytree of that many fp32 scalars (split into
-tensors like a real network), jits one optimizer step for each optimizer and
-times it. Every (optimizer, size) pair runs in a fresh subprocess so the peak
-memory figure is its own. It prints the HRNN/Adam time ratio, the optimizer
-state bytes per parameter and the peak memory (host RSS on CPU, device peak
-on accelerators).
+For each size and params layout it builds a params pytree of that many fp32
+scalars, jits one optimizer step for each optimizer and times it. The
+layouts: ``resnet``, a few big matrices and up to 64 small vectors (biases,
+norms); ``flat``, one tensor. The optimizers: ``adam`` (optax), ``hrnn-jax``
+(the pure-JAX HRNN update, ``kernel=False``) and ``hrnn-kernel`` (its
+per-parameter pass as the compiled CPU kernel, ``metatrain.hrnn_kernel``;
+"n/a" where it is not built or not supported). Every (optimizer, size)
+pair runs in a fresh subprocess so the peak memory figure is its own. It
+prints each HRNN/Adam time ratio, the optimizer state bytes per parameter
+and the peak memory (host RSS on CPU, device peak on accelerators), also
+per parameter.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import sys
 import time
 
 
-def _params(n: int):
+def _params(n: int, layout: str = "resnet"):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  if layout == "flat":
+    return {"w": jnp.zeros((n,))}
   # ResNet-like: a few big matrices, many small vectors (biases, norms).
   n_small = min(64, max(1, n // 1000))
   small = [jnp.zeros((64,)) for _ in range(n_small)]
@@ -38,16 +46,22 @@ def _tree_bytes(tree) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
 
 
-def measure(opt: str, n: int, iters: int) -> dict:
+def measure(opt: str, n: int, iters: int, layout: str = "resnet") -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from metatrain import hrnn, hrnn_optax  # pylint: disable=import-outside-toplevel
-  params = _params(n)
+  params = _params(n, layout)
   if opt == "adam":
     tx = optax.adam(1e-3)
   else:
+    from metatrain import hrnn_kernel  # pylint: disable=import-outside-toplevel
     cfg = hrnn.HRNNConfig()
-    tx = hrnn_optax(cfg, hrnn.init_theta(jax.random.PRNGKey(0), cfg))
+    kernel = opt == "hrnn-kernel"
+    if kernel and not hrnn_kernel.available():
+      return {"opt": opt, "n": n, "unavailable":
+              hrnn_kernel.unavailable_reason()}
+    tx = hrnn_optax(cfg, hrnn.init_theta(jax.random.PRNGKey(0), cfg),
+                    kernel=kernel)
   state = tx.init(params)
   grads = jax.tree_util.tree_map(lambda p: p + 0.01, params)
   step = jax.jit(lambda g, s: tx.update(g, s)[1], donate_argnums=(1,))
@@ -73,32 +87,54 @@ def main() -> None:
   ap.add_argument("--sizes", default="1e4,1e6,2.5e7")
   ap.add_argument("--iters", type=int, default=0,
                   help="timed steps per point (default: by size)")
-  ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
+  ap.add_argument("--layouts", default="resnet,flat")
+  ap.add_argument("--opts", default="adam,hrnn-jax,hrnn-kernel")
+  ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args._child:  # pylint: disable=protected-access
-    opt, n = args._child  # pylint: disable=protected-access
+    opt, n, layout = args._child  # pylint: disable=protected-access
     n = int(float(n))
     iters = args.iters or (50 if n <= 1e6 else 5)
-    print(json.dumps(measure(opt, n, iters)))
+    print(json.dumps(measure(opt, n, iters, layout)))
     return
-  print(f"{'params':>10} {'adam ms':>10} {'hrnn ms':>10} {'ratio':>7} "
-        f"{'adam B/p':>9} {'hrnn B/p':>9} {'adam peak':>10} {'hrnn peak':>10}")
-  for s in args.sizes.split(","):
-    res = {}
-    for opt in ("adam", "hrnn"):
-      cmd = [sys.executable, __file__, "--_child", opt, s]
-      if args.iters:
-        cmd += ["--iters", str(args.iters)]
-      out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-      res[opt] = json.loads(out.stdout.strip().splitlines()[-1])
-    a, h = res["adam"], res["hrnn"]
-    print(f"{a['n']:>10.2e} {a['median_s']*1e3:>10.3f} "
-          f"{h['median_s']*1e3:>10.3f} {h['median_s']/a['median_s']:>7.1f} "
-          f"{a['state_bytes_per_param']:>9.1f} "
-          f"{h['state_bytes_per_param']:>9.1f} "
-          f"{a['peak_bytes']/2**20:>8.0f}Mi {h['peak_bytes']/2**20:>8.0f}Mi",
-          flush=True)
-  print(f"backend: {a['backend']} ({a['device']})")
+  opts = args.opts.split(",")
+  if opts[0] != "adam":
+    raise SystemExit("--opts must start with adam (the ratios' baseline)")
+  hrnns = opts[1:]
+  print(f"{'layout':>7} {'params':>9} {'adam ms':>9} " +
+        "".join(f"{o + ' ms':>16} {'/adam':>6} " for o in hrnns) +
+        f"{'adam B/p':>9} {'hrnn B/p':>9} {'adam peak':>10} " +
+        "".join(f"{o + ' peak':>18} " for o in hrnns))
+  backend = None
+  for layout in args.layouts.split(","):
+    for s in args.sizes.split(","):
+      res = {}
+      for opt in opts:
+        cmd = [sys.executable, __file__, "--_child", opt, s, layout]
+        if args.iters:
+          cmd += ["--iters", str(args.iters)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        res[opt] = json.loads(out.stdout.strip().splitlines()[-1])
+      a = res["adam"]
+      backend = f"{a['backend']} ({a['device']})"
+      n = a["n"]
+      row = f"{layout:>7} {n:>9.2e} {a['median_s']*1e3:>9.3f} "
+      peaks, bpp = "", "n/a"
+      for o in hrnns:
+        h = res[o]
+        if "unavailable" in h:
+          row += f"{'n/a':>16} {'':>6} "
+          peaks += f"{'n/a':>18} "
+          continue
+        bpp = f"{h['state_bytes_per_param']:.1f}"
+        row += (f"{h['median_s']*1e3:>16.3f} "
+                f"{h['median_s']/a['median_s']:>6.1f} ")
+        peaks += (f"{h['peak_bytes']/2**20:>7.0f}Mi {h['peak_bytes']/n:>6.0f}"
+                  "B/p ")
+      row += (f"{a['state_bytes_per_param']:>9.1f} {bpp:>9} "
+              f"{a['peak_bytes']/2**20:>8.0f}Mi " + peaks)
+      print(row, flush=True)
+  print(f"backend: {backend}")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 from metatrain.export import load_optimizer, read_optimizer, save_optimizer
 from metatrain.hrnn import HRNNConfig, HRNNState, init_theta, true_params
 from metatrain.optax_adapter import hrnn_optax
+from metatrain.zoo import pretrained, pretrained_info, pretrained_path
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HRNNConfig", "HRNNState", "hrnn_optax", "init_theta", "load_optimizer",
-    "read_optimizer", "save_optimizer", "true_params", "__version__",
+    "pretrained", "pretrained_info", "pretrained_path", "read_optimizer",
+    "save_optimizer", "true_params", "__version__",
 ]

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from metatrain import hrnn_kernel
 from metatrain import hrnn_packing as packing
 from metatrain.hrnn_config import HRNNConfig
 from metatrain.hrnn_packing import Layout
@@ -192,15 +193,19 @@ def init_state(config: HRNNConfig, theta: Theta, params: Any,
          else jnp.zeros((0,)))
   true = tuple(jnp.array(leaf) if cfg.use_attention and n else None
                for leaf, n in zip(leaves, layout.sizes))
+  # Per-parameter state storage: bf16 if asked, else the default float
+  # (float64 under jax_enable_x64, as the gradient checks use).
+  sdt = (jnp.dtype(jnp.bfloat16) if cfg.state_dtype == "bfloat16"
+         else jnp.result_type(float))
   return HRNNState(
       step=jnp.zeros((), jnp.int32),
-      h=jnp.broadcast_to(theta["init_param_h"][:, None],
+      h=jnp.broadcast_to(theta["init_param_h"][:, None].astype(sdt),
                          (cfg.param_units, size)),
-      acc=jnp.zeros((t, size)), ms=jnp.zeros((t, size)),
-      scl_decay=jnp.zeros((size,)), inp_decay=jnp.zeros((size,)),
-      log_lr=log_lr,
-      adam_m=jnp.zeros((size if cfg.nominal_adam else 0,)),
-      adam_v=jnp.zeros((size if cfg.nominal_adam else 0,)),
+      acc=jnp.zeros((t, size), sdt), ms=jnp.zeros((t, size), sdt),
+      scl_decay=jnp.zeros((size,), sdt), inp_decay=jnp.zeros((size,), sdt),
+      log_lr=log_lr.astype(sdt),
+      adam_m=jnp.zeros((size if cfg.nominal_adam else 0,), sdt),
+      adam_v=jnp.zeros((size if cfg.nominal_adam else 0,), sdt),
       h_tensor=h_t, h_global=h_g, true_params=true, layout=layout)
 
 
@@ -293,6 +298,9 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
     before the per-tensor normalisation (``attend`` None without
     attention), and ``sums`` a dict of (k, nc) per-chunk sums.
   """
+  narrow = cfg.state_dtype == "bfloat16"
+  if narrow:  # stored in bf16: compute in g's dtype (f32)
+    s = {k: v.astype(g.dtype) for k, v in s.items()}
   feats, acc, ms, scaled = _features(cfg, s, g, first_step, mean_log_lr)
   if bias_table.ndim == 2:  # a bias per tensor
     add_bias = functools.partial(info.add_per_tensor, table=bias_table)
@@ -356,11 +364,14 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
     if cfg.dynamic_output_scale:
       sums["a2"] = info.sums((a * a)[None])
     attend = lr_attend * a
+  if narrow:
+    new = {k: v.astype(jnp.bfloat16) for k, v in new.items()}
   return new, (lr * d, attend), sums
 
 
 def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
-           params: Any = None) -> tuple[Any, HRNNState]:
+           params: Any = None, kernel: bool | None = False
+           ) -> tuple[Any, HRNNState]:
   """One optimizer step.
 
   Args:
@@ -370,6 +381,10 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
     grads: gradients, a pytree with the structure of the params.
     params: the current params; only needed with attention, where they are
       the attended point returned by the previous step.
+    kernel: run the per-parameter pass as the compiled CPU kernel
+      (``hrnn_kernel``): False (the default: pure JAX, differentiable), True
+      (warns once and falls back where it cannot), None (when it can).
+      The kernel has no derivatives: never for meta-training.
 
   Returns:
     ``(updates, new_state)``: add ``updates`` to the params (optax
@@ -390,7 +405,7 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
   first_step = state.step == 0
   mean_log_lr = 0.0
   if cfg.use_relative_lr:  # padding log-LRs are 0
-    mean_log_lr = jnp.sum(state.log_lr) / layout.num_params
+    mean_log_lr = jnp.sum(state.log_lr, dtype=cdt) / layout.num_params
   bias_p, bias_t = 0.0, None
   if cfg.use_global_rnn:
     bias_p = _affine(theta["global_to_param"], state.h_global)
@@ -415,8 +430,15 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
   fn = functools.partial(_param_pass, cfg, theta, bias_table=bias_table,
                          first_step=first_step, mean_log_lr=mean_log_lr,
                          t1=(state.step + 1).astype(cdt))
-  new, (step, attend), sums = packing.blocked_map(layout, fn, slabs, g)
-  sums = {k: packing.segment_sums(layout, v) for k, v in sums.items()}
+  if kernel is not False and hrnn_kernel.should_use(cfg, theta, state,
+                                                    kernel):
+    new, step, sums = hrnn_kernel.param_pass(
+        cfg, theta, layout, slabs, g, bias_table, first_step, mean_log_lr,
+        (state.step + 1).astype(cdt))
+    attend = None
+  else:
+    new, (step, attend), sums = packing.blocked_map(layout, fn, slabs, g)
+    sums = {k: packing.segment_sums(layout, v) for k, v in sums.items()}
   n_t = layout.tensor_sizes(cdt)[:, None]
 
   # Per-tensor and global GRUs.

@@ -51,6 +51,10 @@ class HRNNConfig:
   adam_b1: float = 0.9
   adam_b2: float = 0.999
   adam_eps: float = 1e-8
+  # Storage dtype of the per-parameter state (GRU state, averages, decays,
+  # log-LRs, Adam moments): "float32", or "bfloat16" to halve its memory.
+  # The math runs in float32 either way.
+  state_dtype: str = "float32"
 
   def __post_init__(self):
     # Normalise list-y fields (e.g. from JSON) so the config stays hashable.
@@ -72,6 +76,9 @@ class HRNNConfig:
     if self.nominal_adam and not self.dynamic_output_scale:
       errors.append("nominal_adam needs dynamic_output_scale (its learning "
                     "rate is the stored log-LR)")
+    if self.state_dtype not in ("float32", "bfloat16"):
+      errors.append(f"state_dtype must be 'float32' or 'bfloat16', got "
+                    f"{self.state_dtype!r}")
     if not self.init_lr > 0:
       errors.append("init_lr must be > 0")
     if not (0 <= self.adam_b1 < 1 and 0 <= self.adam_b2 < 1 and

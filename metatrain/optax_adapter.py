@@ -11,7 +11,7 @@ from metatrain import hrnn
 
 
 def hrnn_optax(config: hrnn.HRNNConfig, theta: hrnn.Theta,
-               key: jax.Array | None = None
+               key: jax.Array | None = None, kernel: bool | None = None
                ) -> optax.GradientTransformationExtraArgs:
   """Returns the hierarchical RNN optimizer as an optax transformation.
 
@@ -27,6 +27,12 @@ def hrnn_optax(config: hrnn.HRNNConfig, theta: hrnn.Theta,
       loaded with ``load_optimizer``.
     key: seeds the random initial per-element learning rates; defaults to
       ``PRNGKey(config.init_seed)``.
+    kernel: the per-parameter pass as the compiled CPU kernel
+      (``metatrain.hrnn_kernel``): None (the default) when it is built and
+      supports the config on a CPU backend, True (warns once where it
+      cannot), False never. Its steps equal the pure-JAX ones to ~1e-6,
+      but they have no derivatives: pass False to differentiate through
+      the update.
   """
   theta = jax.tree_util.tree_map(jax.numpy.asarray, theta)
 
@@ -36,6 +42,6 @@ def hrnn_optax(config: hrnn.HRNNConfig, theta: hrnn.Theta,
   def update_fn(updates: Any, state: hrnn.HRNNState, params: Any = None,
                 **extra_args) -> tuple[Any, hrnn.HRNNState]:
     del extra_args
-    return hrnn.update(config, theta, state, updates, params)
+    return hrnn.update(config, theta, state, updates, params, kernel=kernel)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -343,3 +343,37 @@ def test_configs_without_nominal_adam_keep_the_paper_behaviour():
   assert HRNNConfig.from_dict(HRNNConfig().to_dict()) == HRNNConfig()
   with pytest.raises(ValueError, match="nominal_adam needs"):
     HRNNConfig(dynamic_output_scale=False, use_relative_lr=False)
+
+
+@pytest.mark.parametrize("base", ["default", "paper"])
+def test_bf16_state_halves_memory_and_tracks_fp32(base):
+  """bf16 storage, fp32 math: the updates stay close to fp32 state's."""
+  mk = HRNNConfig if base == "default" else HRNNConfig.paper
+  c32, c16 = mk(), mk(state_dtype="bfloat16")
+  theta = hrnn.init_theta(jax.random.PRNGKey(0), c32)
+  params = {"w": jnp.ones((40, 30)), "b": jnp.zeros((3,)),
+            "s": jnp.asarray(0.5), "h": jnp.ones((7,), jnp.bfloat16),
+            "e": jnp.zeros((0,)), "i": jnp.arange(3)}
+  s32 = hrnn.init_state(c32, theta, params)
+  s16 = hrnn.init_state(c16, theta, params)
+  n = 1200 + 3 + 1 + 7
+  b16 = sum(x.nbytes for x in jax.tree.leaves(s16)
+            if x.dtype == jnp.bfloat16)
+  assert b16 / n <= 48 and s16.h.dtype == jnp.bfloat16
+  assert s16.h_tensor.dtype == jnp.float32  # tiny: kept fp32
+  key = jax.random.PRNGKey(1)
+  step = jax.jit(hrnn.update, static_argnums=0)
+  for _ in range(5):
+    key, k = jax.random.split(key)
+    g = jax.tree.map(
+        lambda x: (jax.random.normal(k, jnp.shape(x)) * 0.1).astype(x.dtype)
+        if jnp.issubdtype(jnp.result_type(x), jnp.floating)
+        else jnp.zeros_like(x), params)
+    u32, s32 = step(c32, theta, s32, g)
+    u16, s16 = step(c16, theta, s16, g)
+  for k in ("w", "b", "s"):
+    a, b = np.asarray(u32[k], np.float32), np.asarray(u16[k], np.float32)
+    assert np.all(np.isfinite(b))
+    rel = np.linalg.norm(a - b) / (np.linalg.norm(a) + 1e-12)
+    assert rel < 0.05, (k, rel)
+  assert s16.acc.dtype == jnp.bfloat16 and s16.log_lr.dtype == jnp.bfloat16
