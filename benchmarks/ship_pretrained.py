@@ -1,57 +1,124 @@
-"""Ships a meta-training run's best checkpoint as metatrain/pretrained/NAME.
+"""Chooses the optimizer to ship, on validation tasks, and writes it.
 
 Usage:
-  python benchmarks/ship_pretrained.py --workdir W [--name hrnn-v1]
-      [--step N] [--note TEXT]
+  python benchmarks/ship_pretrained.py --workdir W [--workdir W2 ...]
+      [--name hrnn-v1] [--steps 1000] [--seeds 4] [--note TEXT]
+      [--select-dir DIR] [--dry-run]
 
-The checkpoint is chosen on the evaluators' records of ``W`` (run them on
-the ``validation`` suite: ``lopt train --evaluators 1 --set
-evaluator.suite=validation``), never on the held-out test tasks, exactly as
-``lopt export --best`` does; ``--step`` ships a given step instead. The
-file's metadata is ``lopt export``'s (training config, command, hardware,
-meta-training time, the validation evaluation) plus the name, how it was
-selected, and ``--note``.
+Candidates: every complete checkpoint of every ``--workdir`` and the
+untrained start of the default config (the nominal-Adam start: Adam at
+1e-3). Each is evaluated through the evaluators on the ``validation`` suite
+(12 validation configurations of the task ensemble: neither trained on nor
+test tasks) for ``--steps`` inner steps, a longer horizon than meta-training's
+truncations and than the suite's default 200, since a learned optimizer that
+wins early and grows its steps late must not be picked. The one with the
+lowest geometric mean over tasks of (mean final loss / the best tuned
+baseline's) wins; a diverged task makes a candidate's score infinite. The
+winner is written to ``metatrain/pretrained/NAME.lopt``; its metadata is
+``lopt export``'s (training config, command, hardware, meta-training time)
+plus the selection (rule, every candidate's score) and ``--note``. If the
+untrained start wins, it is shipped, and the metadata says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import math
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import jax  # noqa: E402
+
+from evaluators import records, suites, watch  # noqa: E402
 from infra import export_cmd  # noqa: E402
-from metatrain import export  # noqa: E402
+from metatrain import checkpoints, export, hrnn  # noqa: E402
+
+
+def _score(select_dir, suite, source):
+  ev = watch.Evaluator(select_dir, suite, write_tensorboard=False)
+  try:
+    ev.evaluate(source)
+  finally:
+    ev.close()
+  recs = [r for r in records.read(os.path.join(select_dir, "eval",
+                                               "records.jsonl"))
+          if r["steps"] == suite.steps]
+  rows = records.summarize(recs, source.id)
+  return records.score(rows), rows
 
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--workdir", required=True)
+  ap.add_argument("--workdir", action="append", required=True)
   ap.add_argument("--name", default="hrnn-v1")
-  ap.add_argument("--step", type=int, default=None)
+  ap.add_argument("--steps", type=int, default=1000)
+  ap.add_argument("--seeds", type=int, default=4)
   ap.add_argument("--note", default="")
+  ap.add_argument("--select-dir", default="/tmp/lopt-ship-select")
+  ap.add_argument("--dry-run", action="store_true",
+                  help="score the candidates, write nothing")
   args = ap.parse_args(argv)
+  suite = suites.load("validation", [f"steps={args.steps}",
+                                     f"seeds={args.seeds}",
+                                     f"chunk={min(args.steps, 500)}"])
+  os.makedirs(args.select_dir, exist_ok=True)
+  start_cfg = hrnn.HRNNConfig()
+  start_path = os.path.join(args.select_dir, "untrained-start.lopt")
+  export.save_optimizer(start_path, start_cfg,
+                        hrnn.init_theta(jax.random.PRNGKey(0), start_cfg),
+                        {"name": "untrained nominal-Adam start"})
+  cands = [("start", None, None, watch.file_source(start_path))]
+  for wd in args.workdir:
+    with checkpoints.Checkpointer(wd, read_only=True) as ck:
+      steps = ck.all_steps()
+    for step in steps:
+      src = watch.checkpoint_source(wd, step)
+      # Ids must be unique across workdirs in one records file.
+      src = dataclasses.replace(src, id=f"{os.path.basename(wd)}:{step}")
+      cands.append((f"{wd}@{step}", wd, step, src))
+  scored = []
+  for label, wd, step, src in cands:
+    s, _ = _score(args.select_dir, suite, src)
+    geo = s["geomean_ratio"]
+    geo = math.inf if geo is None or not math.isfinite(geo) else geo
+    scored.append({"candidate": label,
+                   "geomean_ratio": geo if math.isfinite(geo) else None,
+                   "wins": s["wins"], "tasks": s["tasks"],
+                   "diverged": s["diverged"]})
+    print(f"{label}: validation geomean ratio {geo:.4g}, wins "
+          f"{s['wins']}/{s['tasks']}, diverged {s['diverged']}", flush=True)
+  best = min(range(len(cands)), key=lambda i: (
+      math.inf if scored[i]["geomean_ratio"] is None
+      else scored[i]["geomean_ratio"]))
+  label, wd, step, src = cands[best]
+  print(f"chosen: {label}")
+  if args.dry_run:
+    return 0
   out = os.path.join(ROOT, "metatrain", "pretrained", f"{args.name}.lopt")
   os.makedirs(os.path.dirname(out), exist_ok=True)
   tmp = out + ".tmp"
-  meta = export_cmd.export_checkpoint(args.workdir, tmp, step=args.step,
-                                      best=args.step is None)
-  config, theta, _ = export.read_optimizer(tmp)
-  ev = meta.get("evaluation") or {}
+  if wd is None:
+    meta = {"source": {"untrained": True},
+            "train_config": None, "meta_training": None, "evaluation": None}
+    config, theta = start_cfg, export.read_optimizer(start_path)[1]
+  else:
+    meta = export_cmd.export_checkpoint(wd, tmp, step=step)
+    config, theta, _ = export.read_optimizer(tmp)
   meta.update(name=args.name, note=args.note, selection={
-      "split": "validation",
-      "suite": ev.get("suite"),
-      "rule": ("lowest geometric-mean final-loss ratio to the best tuned "
-               "baseline over the suite's tasks" if args.step is None
-               else f"--step {args.step}"),
-      "step": meta["source"]["step"]})
-  export.save_optimizer(tmp, config, theta, meta)
+      "split": "validation", "suite": "validation", "inner_steps": args.steps,
+      "seeds": args.seeds,
+      "rule": ("lowest geometric mean over the validation tasks of the "
+               "mean final loss over the best tuned baseline's (Adam, "
+               "RMSProp, SGD-M over 7 learning rates each); diverged = inf"),
+      "chosen": label, "candidates": scored})
+  export.save_optimizer(tmp, config, theta, json.loads(json.dumps(meta)))
   os.replace(tmp, out)
-  print(f"shipped {out}: step {meta['source']['step']}, validation "
-        f"geomean ratio {ev.get('geomean_ratio_to_best_baseline')}, "
-        f"won {ev.get('tasks_won')}/{ev.get('tasks')}")
+  print(f"shipped {out}")
   return 0
 
 

@@ -320,7 +320,10 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
     b1, b2 = cfg.adam_b1, cfg.adam_b2
     m = b1 * s["adam_m"] + (1.0 - b1) * g
     v = b2 * s["adam_v"] + (1.0 - b2) * g * g
-    adam = (m / (1.0 - b1 ** t1)) / (jnp.sqrt(v / (1.0 - b2 ** t1)) +
+    # 1e-30 under the root: Adam's value to ~1e-15, and a finite
+    # derivative where v is exactly 0 (a zero or sparse gradient), whose
+    # inf * 0 would otherwise make the meta-gradient NaN.
+    adam = (m / (1.0 - b1 ** t1)) / (jnp.sqrt(v / (1.0 - b2 ** t1) + 1e-30) +
                                      cfg.adam_eps)
   if cfg.learnable_decay:
     scl_decay = jax.nn.sigmoid(proj[1] + theta["b_scl_decay"])
@@ -343,11 +346,16 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
     if adam is None:
       sums["d2"] = info.sums((d * d)[None])
     log_lr = s["log_lr"]
-    step_log_lr = log_lr + proj[3] + theta["b_lr"]
-    step_log_lr = _clip_straight_through(step_log_lr, _MIN_LOG_LR,
-                                         cfg.max_log_lr)
-    m = jax.nn.sigmoid(theta["lr_momentum_logit"])
-    new_log_lr = m * log_lr + (1.0 - m) * step_log_lr
+    if cfg.lr_correction_range > 0:  # anchored: a bounded correction
+      step_log_lr = log_lr + cfg.lr_correction_range * jnp.tanh(
+          proj[3] + theta["b_lr"])
+      new_log_lr = log_lr
+    else:  # the paper's: the log-LR integrates the readouts
+      step_log_lr = log_lr + proj[3] + theta["b_lr"]
+      step_log_lr = _clip_straight_through(step_log_lr, _MIN_LOG_LR,
+                                           cfg.max_log_lr)
+      m = jax.nn.sigmoid(theta["lr_momentum_logit"])
+      new_log_lr = m * log_lr + (1.0 - m) * step_log_lr
     if info.mask is not None:
       new_log_lr = jnp.where(info.mask, new_log_lr, 0.0)
     new["log_lr"] = new_log_lr

@@ -51,6 +51,13 @@ class HRNNConfig:
   adam_b1: float = 0.9
   adam_b2: float = 0.999
   adam_eps: float = 1e-8
+  # 0: the paper's log-LR, a state that integrates the readouts (it can
+  # drift without bound: meta-trained on short truncations it learns an
+  # exponential warm-up that blows up past the truncation horizon). > 0:
+  # anchored, the step's log-LR is the stored initial one plus
+  # ``lr_correction_range * tanh(readout)``: per-parameter rates stay within
+  # a factor exp(range) of the nominal rate times exp(stepsize_offset).
+  lr_correction_range: float = 0.0
   # Storage dtype of the per-parameter state (GRU state, averages, decays,
   # log-LRs, Adam moments): "float32", or "bfloat16" to halve its memory.
   # The math runs in float32 either way.
@@ -76,6 +83,11 @@ class HRNNConfig:
     if self.nominal_adam and not self.dynamic_output_scale:
       errors.append("nominal_adam needs dynamic_output_scale (its learning "
                     "rate is the stored log-LR)")
+    if self.lr_correction_range < 0:
+      errors.append("lr_correction_range must be >= 0 (0: the paper's "
+                    "integrating log-LR)")
+    if self.lr_correction_range > 0 and not self.dynamic_output_scale:
+      errors.append("lr_correction_range needs dynamic_output_scale")
     if self.state_dtype not in ("float32", "bfloat16"):
       errors.append(f"state_dtype must be 'float32' or 'bfloat16', got "
                     f"{self.state_dtype!r}")

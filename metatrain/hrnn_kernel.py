@@ -113,6 +113,8 @@ def unsupported_reason(cfg, theta, state) -> str | None:
   """Why this (config, theta, state) cannot use the kernel, or None."""
   if cfg.use_attention:
     return "use_attention is not supported by the kernel"
+  if cfg.lr_correction_range > 0:
+    return "the anchored log-LR (lr_correction_range > 0) is not in the kernel"
   if not 1 <= cfg.param_units <= _MAX_P:
     return f"param_units > {_MAX_P}"
   if not 1 <= cfg.num_timescales <= _MAX_T:

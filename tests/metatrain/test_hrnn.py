@@ -377,3 +377,29 @@ def test_bf16_state_halves_memory_and_tracks_fp32(base):
     rel = np.linalg.norm(a - b) / (np.linalg.norm(a) + 1e-12)
     assert rel < 0.05, (k, rel)
   assert s16.acc.dtype == jnp.bfloat16 and s16.log_lr.dtype == jnp.bfloat16
+
+
+def test_anchored_log_lr_starts_as_adam_stays_bounded_and_learns():
+  cfg = HRNNConfig(lr_correction_range=1.0)
+  theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg)
+  params = {"w": jnp.ones((50,)), "b": jnp.zeros((3,))}
+  g = {"w": jnp.full((50,), 0.3), "b": jnp.full((3,), -0.2)}
+  u, _ = hrnn.update(cfg, theta, hrnn.init_state(cfg, theta, params), g)
+  np.testing.assert_allclose(np.asarray(u["w"]), -1e-3, rtol=1e-4)  # Adam
+  # A readout pushing the rates up as hard as it can: they stay bounded.
+  big = dict(theta, b_lr=jnp.asarray(50.0))
+  st = hrnn.init_state(cfg, big, params)
+  step = jax.jit(functools.partial(hrnn.update, cfg))
+  for _ in range(200):
+    u, st = step(big, st, g)
+  np.testing.assert_allclose(np.asarray(u["w"]), -1e-3 * np.e, rtol=1e-3)
+  np.testing.assert_allclose(np.exp(np.asarray(st.log_lr[:50])), 1e-3,
+                             rtol=1e-5)
+  # Its correction has a meta-gradient at the start.
+  def loss(th):
+    p, s = params, hrnn.init_state(cfg, th, params)
+    for _ in range(3):
+      u, s = hrnn.update(cfg, th, s, jax.tree.map(lambda x: 2 * x, p))
+      p = jax.tree.map(lambda a, b: a + b, p, u)
+    return jnp.sum(p["w"] ** 2)
+  assert abs(float(jax.grad(loss)(theta)["b_lr"])) > 0
