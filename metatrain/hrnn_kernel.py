@@ -87,7 +87,7 @@ def _smoke_test() -> None:
       jax.default_device(jax.devices("cpu")[0]):
     out = call(np.ones((1,), f32), z(1, 1), z(1, 1), z(1, 1), z(1), z(1),
                z(0), z(0), z(0), z(1, 3), z(1, 3), np.ones((1, 4), f32),
-               z(0), ones, z(16), np.asarray([[0, 1, 1]], np.int32),
+               z(0), ones, z(17), np.asarray([[0, 1, 1]], np.int32),
                flags=np.int64(0), num_timescales=np.int64(1),
                param_units=np.int64(1), num_features=np.int64(1),
                max_threads=np.int64(1))
@@ -113,8 +113,6 @@ def unsupported_reason(cfg, theta, state) -> str | None:
   """Why this (config, theta, state) cannot use the kernel, or None."""
   if cfg.use_attention:
     return "use_attention is not supported by the kernel"
-  if cfg.lr_correction_range > 0:
-    return "the anchored log-LR (lr_correction_range > 0) is not in the kernel"
   if not 1 <= cfg.param_units <= _MAX_P:
     return f"param_units > {_MAX_P}"
   if not 1 <= cfg.num_timescales <= _MAX_T:
@@ -203,7 +201,8 @@ def param_pass(cfg, theta, layout, slabs, g, bias_table, first_step,
       theta["b_scl_decay"], theta["b_inp_decay"], theta["b_lr"], mom,
       1.0 - mom, theta["stepsize_offset"], np.float32(b1),
       np.float32(1.0 - b1), np.float32(b2), np.float32(1.0 - b2),
-      np.float32(cfg.adam_eps), np.float32(cfg.max_log_lr))])
+      np.float32(cfg.adam_eps), np.float32(cfg.max_log_lr),
+      np.float32(cfg.lr_correction_range))])
   state_in = [slabs["h"], slabs["acc"], slabs["ms"], slabs["scl_decay"],
               slabs["inp_decay"], slabs.get("log_lr", empty),
               slabs.get("adam_m", empty), slabs.get("adam_v", empty)]

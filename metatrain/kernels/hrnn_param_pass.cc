@@ -3,11 +3,12 @@
 // It does, element by element, exactly the work of `hrnn._param_pass` over
 // the whole state slab (features with dynamic input scaling, gradient
 // products and relative log mean squares, the parameter GRU, the readouts,
-// the learnable decays, nominal Adam, the log-LR update and the step), writes
-// the new state slabs (aliased to the old ones, so XLA updates them in place
-// when the state is donated) and the step, and accumulates the per-tensor
-// sums that the tensor GRU and the output normalisation need, in the same
-// pass. See `metatrain/hrnn_kernel.py` for the buffer layout.
+// the learnable decays, nominal Adam, the log-LR update (the paper's
+// integrating one, or the anchored one of `lr_correction_range > 0`) and the
+// step), writes the new state slabs (aliased to the old ones, so XLA updates
+// them in place when the state is donated) and the step, and accumulates the
+// per-tensor sums that the tensor GRU and the output normalisation need, in
+// the same pass. See `metatrain/hrnn_kernel.py` for the buffer layout.
 //
 // Elements are processed in tiles of kW lanes held in small local arrays,
 // every loop over the lanes innermost, so that the compiler vectorizes the
@@ -64,7 +65,9 @@ enum : int64_t {
 // Scalars (the `scal` buffer).
 enum {
   kFirstStep, kMeanLogLr, kBiasC1, kBiasC2, kBScl, kBInp, kBLr, kLrMom,
-  kLrMom1, kOffset, kB1, kB1c, kB2, kB2c, kAdamEps, kMaxLogLr, kNumScal
+  kLrMom1, kOffset, kB1, kB1c, kB2, kB2c, kAdamEps, kMaxLogLr,
+  kLrRange,  // lr_correction_range: > 0 anchors the log-LR (see the tile)
+  kNumScal
 };
 
 #define INL inline __attribute__((always_inline))
@@ -322,16 +325,27 @@ INL void tile(const Pass& c, int64_t i0, int n, const float* bias, bool pad,
     vf m = load(c.am + i0, n), v = load(c.av + i0, n);
     m = s[kB1] * m + s[kB1c] * g;
     v = s[kB2] * v + (s[kB2c] * g) * g;
-    vf adam = (m / s[kBiasC1]) / (vsqrt(v / s[kBiasC2]) + s[kAdamEps]);
+    // 1e-30 under the root, as hrnn._param_pass.
+    vf adam = (m / s[kBiasC1]) / (vsqrt(v / s[kBiasC2] + 1e-30f) +
+                                  s[kAdamEps]);
     d = adam + d;
     store(c.am_o + i0, m, n);
     store(c.av_o + i0, v, n);
   }
   vf step;
   if (dyn_out) {
-    vf x = (llr + proj[3]) + s[kBLr];
-    x = x + (vmin(vmax(x, splat(kMinLogLr)), splat(s[kMaxLogLr])) - x);
-    llr = pad ? vf{} : s[kLrMom] * llr + s[kLrMom1] * x;
+    vf x;
+    if (s[kLrRange] > 0.0f) {
+      // Anchored: the stored log-LR plus a bounded correction; the stored
+      // one is kept (no clipping: it stays within the range).
+      x = llr + s[kLrRange] * tanh_f(proj[3] + s[kBLr]);
+      llr = pad ? vf{} : llr;
+    } else {
+      // The paper's: the log-LR integrates the readouts.
+      x = (llr + proj[3]) + s[kBLr];
+      x = x + (vmin(vmax(x, splat(kMinLogLr)), splat(s[kMaxLogLr])) - x);
+      llr = pad ? vf{} : s[kLrMom] * llr + s[kLrMom1] * x;
+    }
     step = exp_f(x + s[kOffset]) * d;
     store(c.log_lr_o + i0, llr, n);
   } else {

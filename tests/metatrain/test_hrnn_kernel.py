@@ -59,13 +59,20 @@ def _theta(cfg):
   theta = hrnn.init_theta(jax.random.PRNGKey(1), cfg)
   leaves, treedef = jax.tree_util.tree_flatten(theta)
   keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-  return jax.tree_util.tree_unflatten(treedef, [
+  theta = jax.tree_util.tree_unflatten(treedef, [
       x + 0.05 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+  if cfg.lr_correction_range > 0:
+    # Log-LR readouts of order 1, so that the anchored correction's tanh
+    # runs both of the kernel's branches (|x| below and above 0.625).
+    theta["w_lr"] = theta["w_lr"] * 20.0
+  return theta
 
 
 # (config, with the 300k leaf: a blocked slab on the pure-JAX path)
 CONFIGS = {
     "default": (HRNNConfig(), True),  # nominal Adam
+    # The anchored log-LR: a bounded correction of the stored one.
+    "anchored": (HRNNConfig(lr_correction_range=2.3), False),
     "paper": (HRNNConfig.paper(), True),
     "paper_ablated": (HRNNConfig.paper(
         use_tensor_rnn=False, use_global_rnn=False, learnable_decay=False,
