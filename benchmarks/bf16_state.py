@@ -40,7 +40,7 @@ def main(argv=None) -> int:
   suite = suites.load(args.suite, args.set)
   cfgs = {"fp32": dataclasses.replace(config, state_dtype="float32"),
           "bf16": dataclasses.replace(config, state_dtype="bfloat16")}
-  print(f"| task | seed | fp32 final loss | bf16 final loss | bf16/fp32 |")
+  print("| task | seed | fp32 final loss | bf16 final loss | bf16/fp32 |")
   print("|---|---:|---:|---:|---:|")
   ratios = []
   for task in suite.tasks:
