@@ -187,7 +187,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                          "max_steps": 1600, "truncations_mean": 40.0},
               "meta_opt": {"name": "rmsprop", "learning_rate": 1e-6,
                            "clip_norm": 0.0},
-              "hrnn": {"nominal_adam": False}},
+              "hrnn": {"nominal_adam": False, "lr_correction_range": 0.0}},
 }
 
 

@@ -51,13 +51,13 @@ class HRNNConfig:
   adam_b1: float = 0.9
   adam_b2: float = 0.999
   adam_eps: float = 1e-8
-  # 0: the paper's log-LR, a state that integrates the readouts (it can
-  # drift without bound: meta-trained on short truncations it learns an
-  # exponential warm-up that blows up past the truncation horizon). > 0:
-  # anchored, the step's log-LR is the stored initial one plus
-  # ``lr_correction_range * tanh(readout)``: per-parameter rates stay within
-  # a factor exp(range) of the nominal rate times exp(stepsize_offset).
-  lr_correction_range: float = 0.0
+  # > 0 (the default): anchored, the step's log-LR is the stored initial
+  # one plus ``lr_correction_range * tanh(readout)``: per-parameter rates
+  # stay within a factor exp(range) of the nominal rate times
+  # exp(stepsize_offset). 0: the paper's log-LR, a state that integrates
+  # the readouts (it can drift without bound: meta-trained on short
+  # truncations it learned an exponential warm-up that diverges past them).
+  lr_correction_range: float = 2.3
   # Storage dtype of the per-parameter state (GRU state, averages, decays,
   # log-LRs, Adam moments): "float32", or "bfloat16" to halve its memory.
   # The math runs in float32 either way.
@@ -102,7 +102,8 @@ class HRNNConfig:
   @classmethod
   def paper(cls, **overrides: Any) -> "HRNNConfig":
     """The 2017 paper's optimizer and initialisation (no nominal Adam)."""
-    return cls(**{"nominal_adam": False, **overrides})
+    return cls(**{"nominal_adam": False, "lr_correction_range": 0.0,
+                  **overrides})
 
   @property
   def num_features(self) -> int:
@@ -131,7 +132,7 @@ class HRNNConfig:
       raise ValueError(f"unknown HRNNConfig field(s): {', '.join(unknown)}")
     # Configs written before the nominal-Adam start existed describe the
     # paper's optimizer: files and checkpoints keep their behaviour.
-    d = {"nominal_adam": False, **d}
+    d = {"nominal_adam": False, "lr_correction_range": 0.0, **d}
     kwargs = {}
     for k, v in d.items():
       default = getattr(cls, k) if hasattr(cls, k) else None

@@ -341,6 +341,11 @@ def test_configs_without_nominal_adam_keep_the_paper_behaviour():
                          "adam_eps")}
   assert HRNNConfig.from_dict(legacy) == CFG
   assert HRNNConfig.from_dict(HRNNConfig().to_dict()) == HRNNConfig()
+  # Written before the anchored log-LR existed: the integrating one.
+  adam_era = {k: v for k, v in HRNNConfig().to_dict().items()
+              if k != "lr_correction_range"}
+  assert HRNNConfig.from_dict(adam_era).lr_correction_range == 0.0
+  assert HRNNConfig().lr_correction_range > 0
   with pytest.raises(ValueError, match="nominal_adam needs"):
     HRNNConfig(dynamic_output_scale=False, use_relative_lr=False)
 

@@ -70,9 +70,9 @@ def _theta(cfg):
 
 # (config, with the 300k leaf: a blocked slab on the pure-JAX path)
 CONFIGS = {
-    "default": (HRNNConfig(), True),  # nominal Adam
-    # The anchored log-LR: a bounded correction of the stored one.
-    "anchored": (HRNNConfig(lr_correction_range=2.3), False),
+    "default": (HRNNConfig(), True),  # nominal Adam, anchored log-LR
+    # Nominal Adam with the paper's integrating log-LR.
+    "integrating": (HRNNConfig(lr_correction_range=0.0), False),
     "paper": (HRNNConfig.paper(), True),
     "paper_ablated": (HRNNConfig.paper(
         use_tensor_rnn=False, use_global_rnn=False, learnable_decay=False,
