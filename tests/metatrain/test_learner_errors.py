@@ -32,6 +32,9 @@ def test_a_worker_that_raises_once_is_counted_and_the_run_goes_on(
     def __init__(self, wid):
       self.wid, self.calls = wid, 0
 
+    def ready(self):
+      return True
+
     def compute(self, theta, step):
       self.calls += 1
       if self.wid == 0 and self.calls == 2:
@@ -42,6 +45,9 @@ def test_a_worker_that_raises_once_is_counted_and_the_run_goes_on(
                       {"meta_loss": 0.5, "task_steps": 1.0})
 
   workers = [Flaky.remote(i) for i in range(2)]
+  # Both actor processes up first: on a loaded machine worker 1 alone
+  # could otherwise deliver every gradient before worker 0 starts.
+  ray.get([w.ready.remote() for w in workers])
   opt = optax.sgd(0.1)
   theta = {"w": np.zeros(3, np.float32)}
   state = learner.LearnerState(theta, opt.init(theta), 0, {})
