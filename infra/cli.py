@@ -43,7 +43,6 @@ def _load_config(args):
 def _cmd_train(args) -> int:
   import dataclasses  # pylint: disable=import-outside-toplevel
   import json  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
   from metatrain import config as config_lib  # pylint: disable=import-outside-toplevel
   cfg = _load_config(args)
   if args.evaluators is not None:
@@ -91,7 +90,6 @@ def _resume_mismatch(cfg, workdir: str) -> str | None:
   with (e.g. the nominal-Adam start reads them differently), so resuming a
   checkpoint under another ``hrnn`` config is refused.
   """
-  import os  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return None
   from metatrain import checkpoints  # pylint: disable=import-outside-toplevel
@@ -103,15 +101,14 @@ def _resume_mismatch(cfg, workdir: str) -> str | None:
     saved = ckpt.restore_meta(latest).get("config", {}).get("hrnn")
   if saved is None:
     return None
-  old = HRNNConfig.from_dict(saved)
-  if old == cfg.hrnn:
+  old, now = HRNNConfig.from_dict(saved).to_dict(), cfg.hrnn.to_dict()
+  changed = {k: v for k, v in old.items() if v != now[k]}
+  if not changed:
     return None
-  diff = [f"hrnn.{k}: checkpoint {v!r}, now {getattr(cfg.hrnn, k)!r}"
-          for k, v in old.to_dict().items()
-          if v != cfg.hrnn.to_dict()[k]]
+  diff = [f"hrnn.{k}: checkpoint {v!r}, now {now[k]!r}"
+          for k, v in changed.items()]
   sets = " ".join(f"--set hrnn.{k}={_json_value(v)}"
-                  for k, v in old.to_dict().items()
-                  if v != cfg.hrnn.to_dict()[k])
+                  for k, v in changed.items())
   return (f"{workdir}/checkpoints (step {latest}) was trained with another "
           f"optimizer config ({'; '.join(diff)}); resume with the same "
           f"settings ({sets}) or start a new --workdir")
@@ -140,7 +137,6 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_monitor(args) -> int:
-  import os  # pylint: disable=import-outside-toplevel
   import time  # pylint: disable=import-outside-toplevel
   from evaluators import report  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(args.workdir):

@@ -435,16 +435,16 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
   if cfg.nominal_adam:
     slabs["adam_m"], slabs["adam_v"] = state.adam_m, state.adam_v
   g = packing.pack(layout, g_leaves, cdt)
-  fn = functools.partial(_param_pass, cfg, theta, bias_table=bias_table,
-                         first_step=first_step, mean_log_lr=mean_log_lr,
-                         t1=(state.step + 1).astype(cdt))
+  t1 = (state.step + 1).astype(cdt)  # nominal Adam's bias correction
   if kernel is not False and hrnn_kernel.should_use(cfg, theta, state,
                                                     kernel):
     new, step, sums = hrnn_kernel.param_pass(
-        cfg, theta, layout, slabs, g, bias_table, first_step, mean_log_lr,
-        (state.step + 1).astype(cdt))
+        cfg, theta, layout, slabs, g, bias_table, first_step, mean_log_lr, t1)
     attend = None
   else:
+    fn = functools.partial(_param_pass, cfg, theta, bias_table=bias_table,
+                           first_step=first_step, mean_log_lr=mean_log_lr,
+                           t1=t1)
     new, (step, attend), sums = packing.blocked_map(layout, fn, slabs, g)
     sums = {k: packing.segment_sums(layout, v) for k, v in sums.items()}
   n_t = layout.tensor_sizes(cdt)[:, None]
