@@ -37,10 +37,11 @@ setup(
         Extension(
             "metatrain._hrnn_param_pass",
             sources=["metatrain/kernels/hrnn_param_pass.cc"],
+            depends=["metatrain/kernels/hrnn_simd.inc"],
             language="c++",
-            # Portable: no -march (the hot loop carries its own x86-64-v3
-            # clone, picked at load time); no -ffast-math (the kernel must
-            # match the pure-JAX update's rounding to ~1e-6).
+            # Portable: no -march (the pass is compiled per instruction set
+            # in the source and picked at run time); no -ffast-math (the
+            # kernel must match the pure-JAX update's rounding to ~1e-6).
             extra_compile_args=["-std=c++17", "-O3", "-fno-math-errno",
                                 "-g0", "-Wno-psabi"],
             optional=True,

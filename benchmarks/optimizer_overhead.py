@@ -10,7 +10,8 @@ layouts: ``resnet``, a few big matrices and up to 64 small vectors (biases,
 norms); ``flat``, one tensor. The optimizers: ``adam`` (optax), ``hrnn-jax``
 (the pure-JAX HRNN update, ``kernel=False``) and ``hrnn-kernel`` (its
 per-parameter pass as the compiled CPU kernel, ``metatrain.hrnn_kernel``;
-"n/a" where it is not built or not supported). Every (optimizer, size)
+"n/a" where it is not built or not supported; ``LOPT_HRNN_ISA=avx2`` or
+``base`` times a lower instruction set's copy). Every (optimizer, size)
 pair runs in a fresh subprocess so the peak memory figure is its own. It
 prints each HRNN/Adam time ratio, the optimizer state bytes per parameter
 and the peak memory (host RSS on CPU, device peak on accelerators), also
@@ -21,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _params(n: int, layout: str = "resnet"):
@@ -76,7 +80,11 @@ def measure(opt: str, n: int, iters: int, layout: str = "resnet") -> dict:
   stats = dev.memory_stats() if dev.platform != "cpu" else None
   peak = (stats.get("peak_bytes_in_use", 0) if stats else
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-  return {"opt": opt, "n": n, "median_s": times[len(times) // 2],
+  isa = None
+  if opt == "hrnn-kernel":
+    from metatrain import hrnn_kernel  # pylint: disable=import-outside-toplevel
+    isa = hrnn_kernel.isa()
+  return {"opt": opt, "n": n, "median_s": times[len(times) // 2], "isa": isa,
           "state_bytes_per_param": _tree_bytes(state) / n,
           "peak_bytes": peak, "backend": dev.platform,
           "device": dev.device_kind}
@@ -105,7 +113,7 @@ def main() -> None:
         "".join(f"{o + ' ms':>16} {'/adam':>6} " for o in hrnns) +
         f"{'adam B/p':>9} {'hrnn B/p':>9} {'adam peak':>10} " +
         "".join(f"{o + ' peak':>18} " for o in hrnns))
-  backend = None
+  backend, isa = None, None
   for layout in args.layouts.split(","):
     for s in args.sizes.split(","):
       res = {}
@@ -127,6 +135,7 @@ def main() -> None:
           peaks += f"{'n/a':>18} "
           continue
         bpp = f"{h['state_bytes_per_param']:.1f}"
+        isa = h.get("isa") or isa
         row += (f"{h['median_s']*1e3:>16.3f} "
                 f"{h['median_s']/a['median_s']:>6.1f} ")
         peaks += (f"{h['peak_bytes']/2**20:>7.0f}Mi {h['peak_bytes']/n:>6.0f}"
@@ -134,7 +143,9 @@ def main() -> None:
       row += (f"{a['state_bytes_per_param']:>9.1f} {bpp:>9} "
               f"{a['peak_bytes']/2**20:>8.0f}Mi " + peaks)
       print(row, flush=True)
-  print(f"backend: {backend}")
+  print(f"backend: {backend}" + (f"; kernel instruction set: {isa} "
+                                  "($LOPT_HRNN_ISA picks another)"
+                                  if isa else ""))
 
 
 if __name__ == "__main__":

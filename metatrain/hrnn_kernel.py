@@ -90,7 +90,7 @@ def _smoke_test() -> None:
                z(0), ones, z(17), np.asarray([[0, 1, 1]], np.int32),
                flags=np.int64(0), num_timescales=np.int64(1),
                param_units=np.int64(1), num_features=np.int64(1),
-               max_threads=np.int64(1))
+               max_threads=np.int64(1), isa=np.int64(0))
     acc, step = float(np.asarray(out[1])[0, 0]), float(out[8][0])
   # T=1, all biases 1, GRU weights 0: acc = g = 1, h = (1 - sigmoid(1))
   # tanh(1), every readout = h (ones), step = 2 sigmoid(h) h.
@@ -98,6 +98,32 @@ def _smoke_test() -> None:
   want = 2.0 / (1.0 + np.exp(-h)) * h
   if acc != 1.0 or abs(step - want) > 1e-5:
     raise RuntimeError(f"kernel smoke test failed: step {step} != {want}")
+
+
+ISAS = {"auto": 0, "base": 1, "avx2": 2, "avx512": 3}
+_ISA_NAMES = {v: k for k, v in ISAS.items()}
+
+
+def _isa_request() -> int:
+  """``$LOPT_HRNN_ISA`` (auto, base, avx2 or avx512) as the kernel's code."""
+  want = os.environ.get("LOPT_HRNN_ISA", "auto").strip().lower() or "auto"
+  if want not in ISAS:
+    raise ValueError(f"LOPT_HRNN_ISA={want!r}: expected one of "
+                     f"{', '.join(ISAS)}")
+  return ISAS[want]
+
+
+def isa(request: str | None = None) -> str | None:
+  """The instruction set the kernel runs with here ("base": SSE2/NEON,
+  "avx2", "avx512"), for ``request`` (default ``$LOPT_HRNN_ISA``, else the
+  best the CPU has; a level the CPU lacks falls back to the best below it);
+  None when the kernel is unavailable."""
+  if not _load():
+    return None
+  fn = _state["lib"].LoptHrnnIsa
+  fn.restype, fn.argtypes = ctypes.c_int64, [ctypes.c_int64]
+  code = ISAS[request] if request is not None else _isa_request()
+  return _ISA_NAMES[int(fn(code))]
 
 
 def available() -> bool:
@@ -216,7 +242,8 @@ def param_pass(cfg, theta, layout, slabs, g, bias_table, first_step,
               bias, scal, jnp.asarray(_segments(layout)),
               flags=np.int64(flags), num_timescales=np.int64(t),
               param_units=np.int64(p), num_features=np.int64(nf),
-              max_threads=np.int64(os.cpu_count() or 1))
+              max_threads=np.int64(os.cpu_count() or 1),
+              isa=np.int64(_isa_request()))
   names = ["h", "acc", "ms", "scl_decay", "inp_decay", "log_lr", "adam_m",
            "adam_v"]
   new = {k: v for k, v in zip(names, outs[:8]) if k in slabs}

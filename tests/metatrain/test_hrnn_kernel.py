@@ -86,6 +86,28 @@ CONFIGS = {
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_kernel_matches_jax(name):
+  _check_matches_jax(name)
+
+
+# Every instruction set's copy of the pass (the auto choice above is the
+# best this CPU has): the 4- and 8-lane copies run on an AVX-512 machine too.
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+@pytest.mark.parametrize("name", ["default", "small_generic"])
+def test_every_instruction_set_matches_jax(name, isa, monkeypatch):
+  if hrnn_kernel.isa(isa) != isa:
+    pytest.skip(f"this CPU lacks {isa} (best: {hrnn_kernel.isa('auto')})")
+  monkeypatch.setenv("LOPT_HRNN_ISA", isa)
+  assert hrnn_kernel.isa() == isa
+  _check_matches_jax(name)
+
+
+def test_bad_instruction_set_name_is_a_clear_error(monkeypatch):
+  monkeypatch.setenv("LOPT_HRNN_ISA", "sse9")
+  with pytest.raises(ValueError, match="LOPT_HRNN_ISA='sse9'.*avx512"):
+    hrnn_kernel.isa()
+
+
+def _check_matches_jax(name):
   cfg, large = CONFIGS[name]
   theta = _theta(cfg)
   params = _params(large)

@@ -1,0 +1,53 @@
+"""The speed benchmarks run end to end at tiny sizes, so they never rot.
+
+Their figures at real sizes are in benchmarks/README.md; here only their
+plumbing and output are checked (the numbers of a 2-step run mean nothing).
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def _run(script, *args, timeout=600):
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks",
+                                                     script), *args],
+                       capture_output=True, text=True, timeout=timeout,
+                       check=False, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+@pytest.mark.slow
+def test_optimizer_overhead_smoke():
+  text = _run("optimizer_overhead.py", "--sizes", "2e3", "--iters", "2",
+              "--layouts", "resnet,flat")
+  rows = [l.split() for l in text.splitlines()
+          if l.split() and l.split()[0] in ("resnet", "flat")]
+  assert [r[0] for r in rows] == ["resnet", "flat"], text
+  for r in rows:
+    # params, adam ms, then (ms, /adam) per HRNN variant: all positive.
+    assert float(r[1]) == 2000.0
+    nums = [float(x) for x in r[2:7]]
+    assert all(x > 0 for x in nums), r
+    assert nums[2] == pytest.approx(nums[1] / nums[0], rel=0.06)
+  assert re.search(r"kernel instruction set: (base|avx2|avx512)", text), text
+
+
+@pytest.mark.slow
+def test_metatrain_throughput_smoke():
+  text = _run("metatrain_throughput.py", "--config", "tiny", "--groups", "1",
+              "--repeats", "1", "--length", "3")
+  m = re.search(r"HRNN with meta-gradient ([\d,]+), plain Adam ([\d,]+); "
+                r"Adam is ([\d.]+)x faster", text)
+  assert m, text
+  h, a = (float(m.group(i).replace(",", "")) for i in (1, 2))
+  assert h > 0 and a > 0
+  assert float(m.group(3)) == pytest.approx(a / h, rel=0.05)
+  assert "the meta-gradient (BPTT) x" in text
