@@ -57,8 +57,6 @@ class HRNNState:
   h: jax.Array  # (param_units, size) parameter-GRU states, feature-major
   acc: jax.Array  # (T, size) gradient running averages
   ms: jax.Array  # (T, size) running mean squares of the averages
-  scl_decay: jax.Array  # (size,) decay of ms, output by the optimizer
-  inp_decay: jax.Array  # (size,) base decay of the averages
   log_lr: jax.Array  # (size,) stored log learning rates; (0,) if unused
   adam_m: jax.Array  # (size,) nominal Adam's first moment; (0,) if unused
   adam_v: jax.Array  # (size,) nominal Adam's second moment; (0,) if unused
@@ -202,7 +200,6 @@ def init_state(config: HRNNConfig, theta: Theta, params: Any,
       h=jnp.broadcast_to(theta["init_param_h"][:, None].astype(sdt),
                          (cfg.param_units, size)),
       acc=jnp.zeros((t, size), sdt), ms=jnp.zeros((t, size), sdt),
-      scl_decay=jnp.zeros((size,), sdt), inp_decay=jnp.zeros((size,), sdt),
       log_lr=log_lr.astype(sdt),
       adam_m=jnp.zeros((size if cfg.nominal_adam else 0,), sdt),
       adam_v=jnp.zeros((size if cfg.nominal_adam else 0,), sdt),
@@ -249,15 +246,37 @@ def _clip_straight_through(x, lo, hi):
   return x + jax.lax.stop_gradient(jnp.clip(x, lo, hi) - x)
 
 
-def _features(cfg, s, g, first_step, mean_log_lr):
-  """Updates averages and mean squares; returns (features, acc, ms, scaled)."""
+def _decays(cfg, theta, h, first_step):
+  """The decays of ms and of the averages that the previous step output.
+
+  They are readouts of the previous step's hidden state ``h``, so they are
+  recomputed from it here rather than stored (8 bytes per parameter less
+  state; the same values while theta is fixed). On the first step both are
+  0: the averages and mean squares start at the first gradient.
+  """
+  if cfg.learnable_decay:
+    proj = _mm(jnp.stack([theta["w_scl_decay"], theta["w_inp_decay"]], 1), h)
+    scl = jax.nn.sigmoid(proj[0] + theta["b_scl_decay"])
+    inp = jax.nn.sigmoid(proj[1] + theta["b_inp_decay"])
+  else:
+    scl = jnp.full(h.shape[1:], 0.93, h.dtype)
+    inp = jnp.full(h.shape[1:], 0.89, h.dtype)
+  return (jnp.where(first_step, 0.0, scl), jnp.where(first_step, 0.0, inp))
+
+
+def _features(cfg, s, g, first_step, mean_log_lr, decays):
+  """Updates averages and mean squares; returns (features, acc, ms, scaled).
+
+  ``decays``: (ms decay, base decay of the averages), from ``_decays``.
+  """
   t = cfg.num_timescales
-  decays = [s["inp_decay"]]
+  scl_decay, inp_decay = decays
+  decays = [inp_decay]
   for _ in range(t - 1):
     decays.append(jnp.sqrt(decays[-1]))
   dec = jnp.stack(decays) if t > 1 else jnp.zeros_like(s["acc"])
   acc = (1.0 - dec) * g[None] + dec * s["acc"]
-  sd = jnp.where(first_step, 0.0, s["scl_decay"])[None]
+  sd = scl_decay[None]
   ms = (1.0 - sd) * (acc * acc + _EPS_MS) + sd * s["ms"]
   if cfg.dynamic_input_scaling:
     scaled = jnp.arcsinh(acc / jnp.sqrt(ms + _EPS_RMS))
@@ -301,14 +320,17 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
   narrow = cfg.state_dtype == "bfloat16"
   if narrow:  # stored in bf16: compute in g's dtype (f32)
     s = {k: v.astype(g.dtype) for k, v in s.items()}
-  feats, acc, ms, scaled = _features(cfg, s, g, first_step, mean_log_lr)
+  decays = _decays(cfg, theta, s["h"], first_step)
+  feats, acc, ms, scaled = _features(cfg, s, g, first_step, mean_log_lr,
+                                     decays)
   if bias_table.ndim == 2:  # a bias per tensor
     add_bias = functools.partial(info.add_per_tensor, table=bias_table)
   else:  # one bias for all
     add_bias = lambda gx: gx + bias_table.reshape((-1,) + (1,) * (gx.ndim - 1))
   h = _gru(theta["param_rnn"], feats, s["h"], add_bias)
   # All per-parameter readouts in one matmul.
-  names = ["w_update", "w_scl_decay", "w_inp_decay", "w_lr"]
+  # (The decay readouts of this h are recomputed by the next step.)
+  names = ["w_update", "w_lr"]
   if cfg.use_attention:
     names.append("w_attention")
   proj = _mm(jnp.stack([theta[k] for k in names], axis=1), h)
@@ -325,14 +347,7 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
     # inf * 0 would otherwise make the meta-gradient NaN.
     adam = (m / (1.0 - b1 ** t1)) / (jnp.sqrt(v / (1.0 - b2 ** t1) + 1e-30) +
                                      cfg.adam_eps)
-  if cfg.learnable_decay:
-    scl_decay = jax.nn.sigmoid(proj[1] + theta["b_scl_decay"])
-    inp_decay = jax.nn.sigmoid(proj[2] + theta["b_inp_decay"])
-  else:
-    scl_decay = jnp.full_like(d, 0.93)
-    inp_decay = jnp.full_like(d, 0.89)
-  new = {"h": h, "acc": acc, "ms": ms, "scl_decay": scl_decay,
-         "inp_decay": inp_decay}
+  new = {"h": h, "acc": acc, "ms": ms}
   if adam is not None:
     # The step is lr * (Adam's direction + the RNN's): no per-tensor
     # normalisation, which would erase Adam's per-element scale.
@@ -348,10 +363,10 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
     log_lr = s["log_lr"]
     if cfg.lr_correction_range > 0:  # anchored: a bounded correction
       step_log_lr = log_lr + cfg.lr_correction_range * jnp.tanh(
-          proj[3] + theta["b_lr"])
+          proj[1] + theta["b_lr"])
       new_log_lr = log_lr
     else:  # the paper's: the log-LR integrates the readouts
-      step_log_lr = log_lr + proj[3] + theta["b_lr"]
+      step_log_lr = log_lr + proj[1] + theta["b_lr"]
       step_log_lr = _clip_straight_through(step_log_lr, _MIN_LOG_LR,
                                            cfg.max_log_lr)
       m = jax.nn.sigmoid(theta["lr_momentum_logit"])
@@ -362,11 +377,11 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
     lr = jnp.exp(step_log_lr + theta["stepsize_offset"])
     lr_attend = jnp.exp(step_log_lr)
   else:
-    lr = 2.0 * jax.nn.sigmoid(proj[3] + theta["b_lr"])
+    lr = 2.0 * jax.nn.sigmoid(proj[1] + theta["b_lr"])
     lr_attend = lr
   attend = None
   if cfg.use_attention:
-    a = proj[4]
+    a = proj[2]
     if cfg.use_gradient_shortcut:
       a = a + _mm(theta["shortcut_attention"], scaled)
     if cfg.dynamic_output_scale:
@@ -428,8 +443,7 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
     bias_table = b + bias_p
 
   # Pass 1: the per-parameter GRU over the slab, with per-chunk sums.
-  slabs = {"h": state.h, "acc": state.acc, "ms": state.ms,
-           "scl_decay": state.scl_decay, "inp_decay": state.inp_decay}
+  slabs = {"h": state.h, "acc": state.acc, "ms": state.ms}
   if cfg.dynamic_output_scale:
     slabs["log_lr"] = state.log_lr
   if cfg.nominal_adam:

@@ -78,20 +78,19 @@ def _smoke_test() -> None:
   an FFI API that this jaxlib does not accept, before any real use."""
   f32 = np.float32
   z = lambda *shape: np.zeros(shape, f32)
-  shapes = [(1, 1), (1, 1), (1, 1), (1,), (1,), (0,), (0,), (0,), (1,),
-            (1, 3)]
+  shapes = [(1, 1), (1, 1), (1, 1), (0,), (0,), (0,), (1,), (1, 3)]
   call = jax.ffi.ffi_call(_TARGET, [jax.ShapeDtypeStruct(s, f32)
                                     for s in shapes])
   ones = np.ones((1, 3), f32)
   with jax.ensure_compile_time_eval(), \
       jax.default_device(jax.devices("cpu")[0]):
-    out = call(np.ones((1,), f32), z(1, 1), z(1, 1), z(1, 1), z(1), z(1),
+    out = call(np.ones((1,), f32), z(1, 1), z(1, 1), z(1, 1),
                z(0), z(0), z(0), z(1, 3), z(1, 3), np.ones((1, 4), f32),
                z(0), ones, z(17), np.asarray([[0, 1, 1]], np.int32),
                flags=np.int64(0), num_timescales=np.int64(1),
                param_units=np.int64(1), num_features=np.int64(1),
                max_threads=np.int64(1), isa=np.int64(0))
-    acc, step = float(np.asarray(out[1])[0, 0]), float(out[8][0])
+    acc, step = float(np.asarray(out[1])[0, 0]), float(out[6][0])
   # T=1, all biases 1, GRU weights 0: acc = g = 1, h = (1 - sigmoid(1))
   # tanh(1), every readout = h (ones), step = 2 sigmoid(h) h.
   h = (1.0 - 1.0 / (1.0 + np.exp(-1.0))) * np.tanh(1.0)
@@ -143,8 +142,8 @@ def unsupported_reason(cfg, theta, state) -> str | None:
     return f"param_units > {_MAX_P}"
   if not 1 <= cfg.num_timescales <= _MAX_T:
     return f"num_timescales > {_MAX_T}"
-  arrays = [state.h, state.acc, state.ms, state.scl_decay, state.inp_decay,
-            state.log_lr, state.adam_m, state.adam_v]
+  arrays = [state.h, state.acc, state.ms, state.log_lr, state.adam_m,
+            state.adam_v]
   arrays += jax.tree_util.tree_leaves(theta)
   if any(jnp.result_type(x) != jnp.float32 for x in arrays):
     return "the kernel needs float32 state and theta"
@@ -229,8 +228,8 @@ def param_pass(cfg, theta, layout, slabs, g, bias_table, first_step,
       np.float32(1.0 - b1), np.float32(b2), np.float32(1.0 - b2),
       np.float32(cfg.adam_eps), np.float32(cfg.max_log_lr),
       np.float32(cfg.lr_correction_range))])
-  state_in = [slabs["h"], slabs["acc"], slabs["ms"], slabs["scl_decay"],
-              slabs["inp_decay"], slabs.get("log_lr", empty),
+  state_in = [slabs["h"], slabs["acc"], slabs["ms"],
+              slabs.get("log_lr", empty),
               slabs.get("adam_m", empty), slabs.get("adam_v", empty)]
   out_types = [jax.ShapeDtypeStruct(x.shape, f32) for x in state_in]
   out_types += [jax.ShapeDtypeStruct((layout.size,), f32),
@@ -244,10 +243,9 @@ def param_pass(cfg, theta, layout, slabs, g, bias_table, first_step,
               param_units=np.int64(p), num_features=np.int64(nf),
               max_threads=np.int64(os.cpu_count() or 1),
               isa=np.int64(_isa_request()))
-  names = ["h", "acc", "ms", "scl_decay", "inp_decay", "log_lr", "adam_m",
-           "adam_v"]
-  new = {k: v for k, v in zip(names, outs[:8]) if k in slabs}
-  step, sums_all = outs[8], outs[9]
+  names = ["h", "acc", "ms", "log_lr", "adam_m", "adam_v"]
+  new = {k: v for k, v in zip(names, outs[:6]) if k in slabs}
+  step, sums_all = outs[6], outs[7]
   sums = {}
   if cfg.use_tensor_rnn:
     sums["h"] = sums_all[:, :p]

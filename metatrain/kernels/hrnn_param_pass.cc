@@ -81,8 +81,8 @@ struct Pass {
   int64_t flags, size;
   const float *wx, *wh, *wout, *shortcut, *bias, *scal;
   const float *g;
-  const float *h, *acc, *ms, *scl, *inp, *log_lr, *am, *av;
-  float *h_o, *acc_o, *ms_o, *scl_o, *inp_o, *log_lr_o, *am_o, *av_o, *step_o;
+  const float *h, *acc, *ms, *log_lr, *am, *av;
+  float *h_o, *acc_o, *ms_o, *log_lr_o, *am_o, *av_o, *step_o;
   bool has(int64_t f) const { return (flags & f) != 0; }
 };
 
@@ -134,7 +134,9 @@ INL vf rcp_guess(vf x) { return (vf)_mm256_rcp_ps((__m256)x); }
 namespace avx512 {
 LOPT_VEC_TYPES(16)
 constexpr int kRcpSteps = 1;  // vrcp14ps: 14 bits
-INL vf rcp_guess(vf x) { return (vf)_mm512_rcp14_ps((__m512)x); }
+INL vf rcp_guess(vf x) {
+  return (vf)_mm512_maskz_rcp14_ps(0xffff, (__m512)x);
+}
 #include "hrnn_simd.inc"
 }  // namespace avx512
 #pragma GCC pop_options
@@ -196,8 +198,7 @@ struct Shared {
 
 ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
                 ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> acc,
-                ffi::Buffer<ffi::F32> ms, ffi::Buffer<ffi::F32> scl,
-                ffi::Buffer<ffi::F32> inp, ffi::Buffer<ffi::F32> log_lr,
+                ffi::Buffer<ffi::F32> ms, ffi::Buffer<ffi::F32> log_lr,
                 ffi::Buffer<ffi::F32> am, ffi::Buffer<ffi::F32> av,
                 ffi::Buffer<ffi::F32> wx, ffi::Buffer<ffi::F32> wh,
                 ffi::Buffer<ffi::F32> wout, ffi::Buffer<ffi::F32> shortcut,
@@ -206,8 +207,6 @@ ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
                 ffi::ResultBuffer<ffi::F32> h_o,
                 ffi::ResultBuffer<ffi::F32> acc_o,
                 ffi::ResultBuffer<ffi::F32> ms_o,
-                ffi::ResultBuffer<ffi::F32> scl_o,
-                ffi::ResultBuffer<ffi::F32> inp_o,
                 ffi::ResultBuffer<ffi::F32> log_lr_o,
                 ffi::ResultBuffer<ffi::F32> am_o,
                 ffi::ResultBuffer<ffi::F32> av_o,
@@ -241,12 +240,10 @@ ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
   c.shortcut = shortcut.typed_data(); c.bias = bias.typed_data();
   c.scal = scal.typed_data(); c.g = g.typed_data();
   c.h = h.typed_data(); c.acc = acc.typed_data(); c.ms = ms.typed_data();
-  c.scl = scl.typed_data(); c.inp = inp.typed_data();
   c.log_lr = log_lr.typed_data(); c.am = am.typed_data();
   c.av = av.typed_data();
   c.h_o = h_o->typed_data(); c.acc_o = acc_o->typed_data();
-  c.ms_o = ms_o->typed_data(); c.scl_o = scl_o->typed_data();
-  c.inp_o = inp_o->typed_data(); c.log_lr_o = log_lr_o->typed_data();
+  c.ms_o = ms_o->typed_data(); c.log_lr_o = log_lr_o->typed_data();
   c.am_o = am_o->typed_data(); c.av_o = av_o->typed_data();
   c.step_o = step_o->typed_data();
 
@@ -294,8 +291,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<ffi::Buffer<ffi::F32>>()  // h
         .Arg<ffi::Buffer<ffi::F32>>()  // acc
         .Arg<ffi::Buffer<ffi::F32>>()  // ms
-        .Arg<ffi::Buffer<ffi::F32>>()  // scl_decay
-        .Arg<ffi::Buffer<ffi::F32>>()  // inp_decay
         .Arg<ffi::Buffer<ffi::F32>>()  // log_lr
         .Arg<ffi::Buffer<ffi::F32>>()  // adam_m
         .Arg<ffi::Buffer<ffi::F32>>()  // adam_v
@@ -309,8 +304,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<ffi::Buffer<ffi::F32>>()  // h
         .Ret<ffi::Buffer<ffi::F32>>()  // acc
         .Ret<ffi::Buffer<ffi::F32>>()  // ms
-        .Ret<ffi::Buffer<ffi::F32>>()  // scl_decay
-        .Ret<ffi::Buffer<ffi::F32>>()  // inp_decay
         .Ret<ffi::Buffer<ffi::F32>>()  // log_lr
         .Ret<ffi::Buffer<ffi::F32>>()  // adam_m
         .Ret<ffi::Buffer<ffi::F32>>()  // adam_v
