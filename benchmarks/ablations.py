@@ -31,7 +31,6 @@ import numpy as np  # noqa: E402
 from evaluators import records, suites, watch  # noqa: E402
 from metatrain import config as config_lib  # noqa: E402
 from metatrain import local_train  # noqa: E402
-from metatrain.export import save_optimizer  # noqa: E402
 
 VARIANTS = {
     "full": {},
@@ -47,15 +46,9 @@ VARIANTS = {
 
 def evaluate(workdir, suite, hcfg, theta, name):
   """Held-out rows of ``theta`` (saved as a .lopt, the evaluators' path)."""
-  path = os.path.join(workdir, f"{name}.lopt")
-  save_optimizer(path, hcfg, theta, {"benchmark": "ablations",
-                                     "variant": name})
-  ev = watch.Evaluator(workdir, suite, log=lambda m: None,
-                       write_tensorboard=False)
-  src = watch.file_source(path)
-  ev.evaluate(src)
-  ev.close()
-  recs = records.read(os.path.join(workdir, "eval", "records.jsonl"))
+  src, recs = watch.evaluate_theta(workdir, suite, hcfg, theta, name,
+                                   {"benchmark": "ablations", "variant": name},
+                                   log=lambda m: None)
   return records.summarize(recs, src.id)
 
 

@@ -42,7 +42,6 @@ from evaluators import records, suites, watch  # noqa: E402
 from metatrain import config as config_lib  # noqa: E402
 from metatrain import checkpoints, hrnn, local_train  # noqa: E402
 from metatrain import programs  # noqa: E402
-from metatrain.export import save_optimizer  # noqa: E402
 
 
 def heldout_suite(args):
@@ -56,12 +55,9 @@ def heldout_suite(args):
 
 def evaluate_theta(workdir, suite, hcfg, theta, name):
   """Evaluates theta as a .lopt file (the evaluators' path); its source id."""
-  path = os.path.join(workdir, f"{name}.lopt")
-  save_optimizer(path, hcfg, theta, {"benchmark": "metatrain_progress"})
-  ev = watch.Evaluator(workdir, suite, log=lambda m: None)
-  src = watch.file_source(path)
-  ev.evaluate(src)
-  ev.close()
+  src, _ = watch.evaluate_theta(workdir, suite, hcfg, theta, name,
+                                {"benchmark": "metatrain_progress"},
+                                log=lambda m: None)
   return src.id
 
 

@@ -40,13 +40,7 @@ from metatrain import checkpoints, export, hrnn  # noqa: E402
 
 
 def _score(select_dir, suite, source):
-  ev = watch.Evaluator(select_dir, suite, write_tensorboard=False)
-  try:
-    ev.evaluate(source)
-  finally:
-    ev.close()
-  recs = [r for r in records.read(os.path.join(select_dir, "eval",
-                                               "records.jsonl"))
+  recs = [r for r in watch.evaluate_once(select_dir, suite, source)
           if r["steps"] == suite.steps]
   rows = records.summarize(recs, source.id)
   return records.score(rows), rows

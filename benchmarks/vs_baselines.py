@@ -283,12 +283,7 @@ def main(argv=None) -> int:
     if args.seeds:
       overrides.append(f"seeds={args.seeds}")
     suite = suites.load(name, overrides + list(args.set))
-    ev = watch.Evaluator(args.workdir, suite, write_tensorboard=False)
-    try:
-      ev.evaluate(source)
-    finally:
-      ev.close()
-    recs = records.read(os.path.join(args.workdir, "eval", "records.jsonl"))
+    recs = watch.evaluate_once(args.workdir, suite, source)
     a = analyse(recs, suite, source.id)
     part_lines = markdown(part, suite, a)
     print("\n".join(part_lines), flush=True)

@@ -291,6 +291,32 @@ class Evaluator:
       self._tb.close()
 
 
+def evaluate_once(workdir: str, suite: SuiteConfig, source: Source, *,
+                  log: Callable[[str], None] | None = None,
+                  write_tensorboard: bool = False) -> list[dict[str, Any]]:
+  """Evaluates ``source`` on ``suite`` once (what is recorded or cached is
+  reused) and returns every record of ``workdir``; the benchmarks' path."""
+  kw = {} if log is None else {"log": log}
+  ev = Evaluator(workdir, suite, write_tensorboard=write_tensorboard, **kw)
+  try:
+    ev.evaluate(source)
+  finally:
+    ev.close()
+  return records.read(os.path.join(workdir, "eval", "records.jsonl"))
+
+
+def evaluate_theta(workdir: str, suite: SuiteConfig, config: HRNNConfig,
+                   theta: Any, name: str, metadata: dict[str, Any], *,
+                   log: Callable[[str], None] | None = None
+                   ) -> tuple[Source, list[dict[str, Any]]]:
+  """Saves ``theta`` as ``workdir/<name>.lopt`` and evaluates that file (the
+  evaluators' own path); returns its source and every record."""
+  path = os.path.join(workdir, f"{name}.lopt")
+  export.save_optimizer(path, config, theta, metadata)
+  source = file_source(path)
+  return source, evaluate_once(workdir, suite, source, log=log)
+
+
 def table(recs: list[dict[str, Any]], source: str) -> list[str]:
   """Plain-text comparison lines for one source."""
   rows = records.summarize(recs, source)
