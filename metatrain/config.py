@@ -121,7 +121,10 @@ class LearnerConfig:
   grads_per_update: int = 0  # MetaGrads averaged per update; 0 = #workers
   max_staleness: int = 4  # drop grads computed on theta older than this
   keep_last: int = 3  # checkpoints: the last K steps ...
-  keep_every: int = 0  # ... plus one every M steps (0: none)
+  # ... plus one every M steps (0: none). Every save by default: a checkpoint
+  # is ~0.3 MB, and the evaluators' best (often an early one: short-horizon
+  # bias) must still exist for `lopt export --best` to pick it.
+  keep_every: int = 25
   save_every: int = 25  # meta-steps between checkpoints
 
   def __post_init__(self):
