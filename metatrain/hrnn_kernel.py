@@ -6,8 +6,9 @@ the state slab what ``hrnn._param_pass`` does block by block under
 ``packing.blocked_map`` plus the per-tensor ``segment_sums``: it reads every
 state slab once, writes the new state (in place when the state is donated)
 and the step, and returns the per-tensor sums. Under XLA:CPU the pure-JAX
-pass is several loops with large temporaries; the kernel keeps a tile of 16
-elements in registers and cache.
+pass is several loops with large temporaries; the kernel keeps a tile of
+one vector register's width (4, 8 or 16 elements: SSE2, AVX2 or AVX-512,
+the best the CPU has, or ``$LOPT_HRNN_ISA``; see ``isa()``) in registers.
 
 The kernel has no derivative rules: it is for running an optimizer
 (``hrnn_optax``), never for meta-training, which differentiates
