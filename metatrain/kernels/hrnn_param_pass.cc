@@ -107,11 +107,13 @@ struct Piece {
 namespace base {
 LOPT_VEC_TYPES(4)
 #if defined(__x86_64__)
-constexpr int kRcpSteps = 1;  // rcpps: 12 bits, then one Newton step
+constexpr int kRcpSteps = 1;  // rcpps, rsqrtps: 12 bits, then one step
 INL vf rcp_guess(vf x) { return (vf)_mm_rcp_ps((__m128)x); }
+INL vf rsqrt_guess(vf x) { return (vf)_mm_rsqrt_ps((__m128)x); }
 #else
 constexpr int kRcpSteps = 3;  // 4 bits from the exponent: 4, 8, 16, 24+
 INL vf rcp_guess(vf x) { return (vf)(0x7ef311c3 - (vi)x); }
+INL vf rsqrt_guess(vf x) { return (vf)(0x5f3759df - ((vi)x >> 1)); }
 #endif
 #include "hrnn_simd.inc"
 }  // namespace base
@@ -125,6 +127,7 @@ namespace avx2 {
 LOPT_VEC_TYPES(8)
 constexpr int kRcpSteps = 1;
 INL vf rcp_guess(vf x) { return (vf)_mm256_rcp_ps((__m256)x); }
+INL vf rsqrt_guess(vf x) { return (vf)_mm256_rsqrt_ps((__m256)x); }
 #include "hrnn_simd.inc"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -133,9 +136,12 @@ INL vf rcp_guess(vf x) { return (vf)_mm256_rcp_ps((__m256)x); }
 #pragma GCC target("arch=x86-64-v4")
 namespace avx512 {
 LOPT_VEC_TYPES(16)
-constexpr int kRcpSteps = 1;  // vrcp14ps: 14 bits
+constexpr int kRcpSteps = 1;  // vrcp14ps, vrsqrt14ps: 14 bits
 INL vf rcp_guess(vf x) {
   return (vf)_mm512_maskz_rcp14_ps(0xffff, (__m512)x);
+}
+INL vf rsqrt_guess(vf x) {
+  return (vf)_mm512_maskz_rsqrt14_ps(0xffff, (__m512)x);
 }
 #include "hrnn_simd.inc"
 }  // namespace avx512

@@ -194,3 +194,27 @@ def test_kernel_under_vmap():
   for a, b in zip(jax.tree_util.tree_leaves(run(False)),
                   jax.tree_util.tree_leaves(run(True))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-9)
+
+
+def test_kernel_matches_jax_on_extreme_gradients():
+  # Zeros, denormal-sized, tiny and huge gradients (the kernel replaces
+  # divides and square roots by estimate-and-Newton steps, which must hold
+  # over the whole range a finite run can reach).
+  cfg = HRNNConfig()
+  theta = _theta(cfg)
+  vals = np.array([0.0, 1e-30, -1e-12, 3e-7, 1.0, -1e6, 1e12, -1e17],
+                  np.float32)
+  params = {"w": jnp.zeros((64,))}
+  state = hrnn.init_state(cfg, theta, params)
+  step_jax = jax.jit(lambda s, g: hrnn.update(cfg, theta, s, g, kernel=False))
+  step_ker = jax.jit(lambda s, g: hrnn.update(cfg, theta, s, g, kernel=True))
+  s_jax = s_ker = state
+  rng = np.random.default_rng(0)
+  for i in range(4):
+    g = {"w": jnp.asarray(rng.permutation(np.tile(vals, 8)))}
+    u_jax, s_jax = step_jax(s_jax, g)
+    u_ker, s_ker = step_ker(s_ker, g)
+    a, b = np.asarray(u_jax["w"]), np.asarray(u_ker["w"])
+    assert np.all(np.isfinite(a)), f"step {i}: JAX update not finite"
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6,
+                               err_msg=f"step {i}")
