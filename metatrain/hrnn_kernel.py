@@ -65,6 +65,8 @@ def _load() -> bool:
       raise OSError("metatrain/_hrnn_param_pass*.so is not built (reinstall "
                     "with `pip install -e .` where a C++17 compiler exists)")
     lib = ctypes.cdll.LoadLibrary(path)
+    lib.LoptHrnnIsa.restype = ctypes.c_int64
+    lib.LoptHrnnIsa.argtypes = [ctypes.c_int64]
     jax.ffi.register_ffi_target(
         _TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)), platform="cpu")
     _smoke_test()
@@ -120,10 +122,8 @@ def isa(request: str | None = None) -> str | None:
   None when the kernel is unavailable."""
   if not _load():
     return None
-  fn = _state["lib"].LoptHrnnIsa
-  fn.restype, fn.argtypes = ctypes.c_int64, [ctypes.c_int64]
   code = ISAS[request] if request is not None else _isa_request()
-  return _ISA_NAMES[int(fn(code))]
+  return _ISA_NAMES[int(_state["lib"].LoptHrnnIsa(code))]
 
 
 def available() -> bool:

@@ -12,9 +12,9 @@
 //
 // Elements are processed in tiles of W lanes held in small local arrays,
 // every loop over the lanes innermost, so that the compiler vectorizes the
-// whole pass. The transcendental functions are inline, branch-free float
-// versions (Cephes-style, about 1-2 ulp; reciprocals by Newton steps, since
-// the divider was the bottleneck) for the same reason. Each gate group of
+// whole pass. The transcendental functions are inline float versions
+// (Cephes-style, about 1-2 ulp; divides and 1/sqrt as the ISA's estimate plus
+// a Newton step, which keeps them off the slow divider) for the same reason. Each gate group of
 // the GRU keeps param_units independent accumulators (a compile-time 10 for
 // the default config). On x86-64 the pass is compiled three times, each
 // with W the width of one register: baseline SSE2 (W=4), x86-64-v3 (AVX2
