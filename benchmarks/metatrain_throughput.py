@@ -13,9 +13,14 @@ measurements, in one run:
   meta-gradient (what plain training of the same tasks costs).
 - and, to split the ratio into its factors: ``adam+f`` (Adam plus the
   full-data loss after each step, which the meta-objective needs) and
-  ``hrnn fwd`` (the truncation without the meta-gradient).
+  ``hrnn fwd`` (the truncation without the meta-gradient);
+- the cheaper ways to get a meta-gradient: ``bptt mb`` (BPTT with
+  ``unroll.meta_loss="minibatch"``: no extra full-data pass), ``pes`` and
+  ``pes mb`` (``pes.pes_meta_grad`` with N/2 antithetic pairs, so as many
+  particles as the group has tasks, forward only).
 Compilation is excluded (one warm-up call each). Prints task-steps/s for
-each and the HRNN+meta-gradient / Adam ratio.
+each (a PES particle's step is a task-step) and each meta-gradient's
+time over Adam's.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from metatrain import config as config_lib  # noqa: E402
-from metatrain import hrnn, tasks, unroll  # noqa: E402
+import dataclasses  # noqa: E402
+
+from metatrain import hrnn, pes, tasks, unroll  # noqa: E402
 
 
 @functools.partial(jax.jit, static_argnames=("task_config", "length",
@@ -93,9 +100,16 @@ def main() -> None:
   theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg.hrnn)
   ens = tasks.ensemble_for(cfg.tasks.include_mlps, cfg.tasks.families)
   rng = np.random.default_rng(args.seed)
-  cols = ["hrnn+metagrad", "hrnn fwd", "adam+f", "adam"]
-  print(f"{'task group':<44} " + " ".join(f"{c:>13}" for c in cols) +
-        f" {'ratio':>6}")
+  ucfg_mb = dataclasses.replace(ucfg, meta_loss="minibatch")
+  pairs = max(1, n // 2)
+  grads = ["hrnn+metagrad", "bptt mb", "pes", "pes mb"]
+  cols = grads + ["hrnn fwd", "adam+f", "adam"]
+  count = {c: n for c in cols}
+  count["pes"] = count["pes mb"] = 2 * pairs
+  short = {"hrnn+metagrad": "bptt", "bptt mb": "bpttmb", "pes": "pes",
+           "pes mb": "pesmb"}
+  print(f"{'task group':<40} " + " ".join(f"{c:>13}" for c in cols) +
+        " " + " ".join(f"{short[c] + '/A':>9}" for c in grads))
   tot = dict.fromkeys(cols, 0.0)
   for _ in range(args.groups):
     tc = ens.sample(rng)
@@ -104,7 +118,23 @@ def main() -> None:
                                       ucfg=ucfg, num_tasks=n)
     keys = jax.random.split(jax.random.PRNGKey(2), n)
     kw = dict(task_config=tc, length=args.length)
+    pstate = {u: pes.init_pes_states(theta, jax.random.PRNGKey(1),
+                                     task_config=tc, hcfg=cfg.hrnn, ucfg=u,
+                                     num_pairs=pairs) for u in (ucfg, ucfg_mb)}
+    pkeys = jax.random.split(jax.random.PRNGKey(2), pairs)
+
+    def pes_grad(u):
+      return pes.pes_meta_grad(
+          theta, pstate[u], pkeys, jax.random.PRNGKey(3), args.length,
+          cfg.meta_grad.pes_std, task_config=tc, hcfg=cfg.hrnn, ucfg=u,
+          scan_len=args.length)[0]
+
     fns = {
+        "bptt mb": lambda: unroll.group_meta_grad(
+            theta, states, keys, args.length, task_config=tc, hcfg=cfg.hrnn,
+            ucfg=ucfg_mb, scan_len=args.length)[0],
+        "pes": lambda: pes_grad(ucfg),
+        "pes mb": lambda: pes_grad(ucfg_mb),
         "hrnn+metagrad": lambda: unroll.group_meta_grad(
             theta, states, keys, args.length, task_config=tc, hcfg=cfg.hrnn,
             ucfg=ucfg, scan_len=args.length)[0],
@@ -114,24 +144,27 @@ def main() -> None:
                                       full_loss=True, **kw),
         "adam": lambda: adam_unroll(states.params, states.data, keys, **kw),
     }
-    t = {c: _time(fns[c], args.repeats) for c in cols}
-    steps = n * args.length
+    # Seconds per task-step, so that columns of other widths compare.
+    t = {c: _time(fns[c], args.repeats) / (count[c] * args.length)
+         for c in cols}
     for c in cols:
-      tot[c] += t[c]
-    print(f"{tc.name[:44]:<44} " +
-          " ".join(f"{steps / t[c]:>13,.0f}" for c in cols) +
-          f" {t['hrnn+metagrad'] / t['adam']:>6.1f}", flush=True)
-  steps = args.groups * n * args.length
-  print(f"{'total':<44} " + " ".join(f"{steps / tot[c]:>13,.0f}" for c in cols)
-        + f" {tot['hrnn+metagrad'] / tot['adam']:>6.1f}")
+      tot[c] += t[c] / args.groups
+    print(f"{tc.name[:40]:<40} " + " ".join(f"{1 / t[c]:>13,.0f}"
+                                            for c in cols) + " " +
+          " ".join(f"{t[c] / t['adam']:>9.1f}" for c in grads), flush=True)
+  print(f"{'total':<40} " + " ".join(f"{1 / tot[c]:>13,.0f}" for c in cols)
+        + " " + " ".join(f"{tot[c] / tot['adam']:>9.1f}" for c in grads))
   h, a = tot["hrnn+metagrad"], tot["adam"]
-  print(f"task-steps/s: HRNN with meta-gradient {steps / h:,.0f}, plain "
-        f"Adam {steps / a:,.0f}; Adam is {h / a:.1f}x faster "
+  print(f"task-steps/s: HRNN with meta-gradient {1 / h:,.0f}, plain "
+        f"Adam {1 / a:,.0f}; Adam is {h / a:.1f}x faster "
         f"({n} tasks per group, {args.length} steps, backend "
         f"{jax.default_backend()}). Where the factor comes from: the "
         f"meta-objective's full-data loss per step x{tot['adam+f'] / a:.2f}, "
         f"the HRNN step in place of Adam's x{tot['hrnn fwd'] / tot['adam+f']:.2f}"
-        f", the meta-gradient (BPTT) x{h / tot['hrnn fwd']:.2f}")
+        f", the meta-gradient (BPTT) x{h / tot['hrnn fwd']:.2f}. Cheaper "
+        f"meta-gradients, time per task-step over Adam's: " +
+        ", ".join(f"{c} {tot[c] / a:.1f}x" for c in grads[1:]) +
+        f" (PES: {pairs} antithetic pairs, std {cfg.meta_grad.pes_std})")
 
 if __name__ == "__main__":
   main()

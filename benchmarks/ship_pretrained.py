@@ -3,7 +3,7 @@
 Usage:
   python benchmarks/ship_pretrained.py --workdir W [--workdir W2 ...]
       [--name hrnn-v1] [--steps 1000] [--seeds 4] [--note TEXT]
-      [--select-dir DIR] [--dry-run]
+      [--select-dir DIR] [--only-steps 50,150] [--dry-run]
 
 Candidates: every complete checkpoint of every ``--workdir`` and the
 untrained start of the default config (the nominal-Adam start: Adam at
@@ -54,9 +54,17 @@ def main(argv=None) -> int:
   ap.add_argument("--seeds", type=int, default=4)
   ap.add_argument("--note", default="")
   ap.add_argument("--select-dir", default="/tmp/lopt-ship-select")
+  ap.add_argument("--only-steps", default="",
+                  help="comma-separated meta-steps: score only these "
+                       "checkpoints of each workdir (default: all)")
   ap.add_argument("--dry-run", action="store_true",
                   help="score the candidates, write nothing")
   args = ap.parse_args(argv)
+  try:
+    only = {int(x) for x in args.only_steps.split(",") if x.strip()}
+  except ValueError:
+    ap.error(f"--only-steps must be comma-separated integers, got "
+             f"{args.only_steps!r}")
   suite = suites.load("validation", [f"steps={args.steps}",
                                      f"seeds={args.seeds}",
                                      f"chunk={min(args.steps, 500)}"])
@@ -70,6 +78,8 @@ def main(argv=None) -> int:
   for wd in args.workdir:
     with checkpoints.Checkpointer(wd, read_only=True) as ck:
       steps = ck.all_steps()
+    if only:
+      steps = [s for s in steps if s in only]
     for step in steps:
       src = watch.checkpoint_source(wd, step)
       # Ids must be unique across workdirs in one records file.

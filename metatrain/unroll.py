@@ -15,8 +15,10 @@ exact and at most one program per bucket is compiled.
 
 The meta-objective of a truncation is the mean over its steps of
 ``log(f_t / (f_0 + 1e-6) + 1e-6)`` where ``f`` is the full-batch loss (the
-optimizer itself sees minibatch gradients). Its gradient with respect to
-theta is truncated BPTT, optionally without second derivatives.
+optimizer itself sees minibatch gradients), or, with ``meta_loss =
+"minibatch"``, the minibatch loss each step computes anyway (no extra
+forward pass). Its gradient with respect to theta is truncated BPTT,
+optionally without second derivatives (or PES, ``metatrain/pes.py``).
 """
 
 from __future__ import annotations
@@ -54,8 +56,17 @@ class UnrollConfig:
   max_steps: int = 320  # truncations are capped here (also the max bucket)
   stop_second_derivatives: bool = False
   divergence_factor: float = 1e3  # f_t > factor * (f_0 + 1) counts as diverged
+  # What f_t of the meta-objective is: "full", the full-batch loss after each
+  # step (the paper's; one extra full-data forward pass per step), or
+  # "minibatch", the minibatch loss the step's gradient came with, at the
+  # step's starting params (free: unbiased for the full loss there, since
+  # the batch is fresh; noisier, and one step behind).
+  meta_loss: str = "full"
 
   def __post_init__(self):
+    if self.meta_loss not in ("full", "minibatch"):
+      raise ValueError(f"unroll.meta_loss must be 'full' or 'minibatch', got "
+                       f"{self.meta_loss!r}")
     if self.tasks_per_group < 1:
       raise ValueError("unroll.tasks_per_group must be >= 1")
     if self.min_steps < 1 or self.max_steps < self.min_steps:
@@ -150,10 +161,16 @@ def _truncation(theta, state: TaskUnrollState, key, length, *, task, hcfg,
       grads = jax.lax.stop_gradient(grads)
     updates, new_opt = hrnn.update(hcfg, theta, opt_state, grads, params)
     new_params = optax.apply_updates(params, updates)
-    f = task.full_loss(new_params, state.data)
+    if ucfg.meta_loss == "full":
+      f = task.full_loss(new_params, state.data)
+      finite = jnp.isfinite(f) & jnp.isfinite(loss)
+    else:  # the minibatch loss at params; new_params are checked directly
+      f = loss
+      finite = jnp.isfinite(loss)
+      for leaf in jax.tree_util.tree_leaves(new_params):
+        finite = finite & jnp.all(jnp.isfinite(leaf))
     active = t < length
-    bad = ~jnp.isfinite(f) | ~jnp.isfinite(loss) | (
-        f > ucfg.divergence_factor * (state.f0 + 1.0))
+    bad = ~finite | (f > ucfg.divergence_factor * (state.f0 + 1.0))
     diverged = diverged | (active & bad)
     f_safe = jnp.where(jnp.isfinite(f), f, state.f0)
     term = jnp.minimum(jnp.log(f_safe / (state.f0 + _EPS) + _EPS), cap)

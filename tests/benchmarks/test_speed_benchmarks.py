@@ -51,3 +51,6 @@ def test_metatrain_throughput_smoke():
   assert h > 0 and a > 0
   assert float(m.group(3)) == pytest.approx(a / h, rel=0.05)
   assert "the meta-gradient (BPTT) x" in text
+  m = re.search(r"bptt mb ([\d.]+)x, pes ([\d.]+)x, pes mb ([\d.]+)x", text)
+  assert m, text
+  assert all(float(x) > 0 for x in m.groups())

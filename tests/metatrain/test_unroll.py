@@ -134,6 +134,40 @@ def test_diverging_task_is_counted_and_theta_gradient_stays_finite():
   assert int(m2["num_resets"]) == 3 and int(m2["num_good"]) == 3
 
 
+def test_minibatch_meta_loss_is_the_full_loss_one_step_behind():
+  # QUAD has no noise, so its minibatch loss is its full loss: the
+  # minibatch objective of 4 steps is the full one of 3 plus the first
+  # step's term, log(f_0 / (f_0 + 1e-6) + 1e-6) ~ 0, which no theta
+  # changes.
+  mb = dataclasses.replace(UCFG, meta_loss="minibatch")
+  theta = dict(THETA, stepsize_offset=jnp.asarray(2.0))  # params must move
+  g3, s3, m3 = _call(theta, _states(), length=3)
+  g4, s4, m4 = _call(theta, _states(), length=4, ucfg=mb)
+  np.testing.assert_allclose(4 * float(m4["meta_loss"]),
+                             3 * float(m3["meta_loss"]), atol=1e-5)
+  assert float(m3["meta_loss"]) < -0.01  # the loss did fall
+  for a, b in zip(jax.tree_util.tree_leaves(g3),
+                  jax.tree_util.tree_leaves(g4)):
+    np.testing.assert_allclose(4 * np.asarray(b), 3 * np.asarray(a),
+                               rtol=1e-4, atol=1e-7)
+  assert list(np.asarray(s4.step)) == [4, 4, 4]
+
+
+def test_minibatch_meta_loss_still_catches_divergence():
+  mb = dataclasses.replace(UCFG, meta_loss="minibatch")
+  theta = dict(THETA, stepsize_offset=jnp.asarray(30.0))
+  g, new, m = _call(theta, _states(), length=8, ucfg=mb)
+  assert int(m["num_diverged"]) == 3
+  assert all(np.all(np.isfinite(np.asarray(x)))
+             for x in jax.tree_util.tree_leaves((g, new.params)))
+  assert list(np.asarray(new.truncs_left)) == [0, 0, 0]
+
+
+def test_unknown_meta_loss_is_refused():
+  with pytest.raises(ValueError, match="meta_loss must be 'full' or"):
+    unroll.UnrollConfig(meta_loss="train")
+
+
 def test_evaluate_reports_meta_objective_per_task():
   obj, final, diverged = unroll.evaluate(
       THETA, jax.random.PRNGKey(0), task_config=QUAD, hcfg=HCFG, num_tasks=2,
