@@ -78,6 +78,7 @@ def analyse(recs, suite, source_id) -> dict:
   by_task = collections.defaultdict(list)
   for r in recs:
     by_task[r["task"]].append(r)
+  floors = {t: records.solved_floor(rs) for t, rs in by_task.items()}
   grid = collections.defaultdict(dict)  # (task) -> {(opt, lr): [recs]}
   for task, rs in by_task.items():
     for r in rs:
@@ -99,8 +100,7 @@ def analyse(recs, suite, source_id) -> dict:
           break
         ref = min(cands)
         val = _mean(_loss(r) for r in here)
-        ratios.append(math.inf if math.isinf(val) else
-                      (val + 1e-12) / (ref + 1e-12))
+        ratios.append(records.loss_ratio(val, ref, floors[task]))
       if ratios is None:
         continue
       geo = float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-300)))))
@@ -119,6 +119,7 @@ def analyse(recs, suite, source_id) -> dict:
            "learned_train": _mean(_mean_train_loss(r) for r in learned),
            "learned_diverged": sum(bool(r.get("diverged")) for r in learned),
            "seeds": len(learned), "metric": learned[0].get("metric"),
+           "floor": floors[task],
            "higher_is_better": learned[0].get("higher_is_better"),
            "refs": {}}
     for b in suite.baselines:
@@ -146,11 +147,14 @@ def analyse(recs, suite, source_id) -> dict:
     rows.append(row)
   refs = sorted({k for r in rows for k in r["refs"]})
   # A win is a lower loss by more than float noise (the untrained optimizer
-  # *is* Adam at 1e-3: equal runs must not count as wins).
-  wins = {k: sum(r["learned"] < r["refs"][k][0] * (1 - TIE) for r in rows
-                 if k in r["refs"]) for k in refs}
-  ratios = [r["learned"] / r["refs"]["best*"][0] if r["refs"]["best*"][0] > 0
-            else math.inf for r in rows if "best*" in r["refs"]]
+  # *is* Adam at 1e-3: equal runs must not count as wins), and two losses
+  # below the task's solved floor (records.SOLVED) tie.
+  wins = {k: sum(records.loss_ratio(r["learned"], r["refs"][k][0],
+                                    r["floor"]) < 1 - TIE
+                 for r in rows if k in r["refs"]) for k in refs}
+  ratios = [records.loss_ratio(r["learned"], r["refs"]["best*"][0],
+                               r["floor"])
+            for r in rows if "best*" in r["refs"]]
   return {"rows": rows, "refs": refs, "wins": wins, "global_lr": global_lr,
           "tasks": len(rows),
           "diverged": sum(r["learned_diverged"] > 0 for r in rows),
@@ -199,7 +203,9 @@ def markdown(part: str, suite, a: dict) -> list[str]:
       f"{r['task']} {_f(r['learned_train'])} vs "
       f"{_f(r['refs'].get('adam*', (None, None, None))[2])}"
       for r in a["rows"]), ""]
-  out.append("Learned wins (mean final loss lower by > 0.1%) on: " + ", ".join(
+  out.append("Learned wins (mean final loss lower by > 0.1%; losses below "
+             f"{records.SOLVED:g} of the initial loss count as solved and "
+             "tie) on: " + ", ".join(
       f"{a['wins'][k]}/{n} vs {k}" for k in a["refs"]) +
              f". Tasks where the learned optimizer diverged on a seed: "
              f"{a['diverged']}/{n}. Geometric-mean final-loss ratio, learned "

@@ -103,6 +103,34 @@ def loss_of(record: dict[str, Any]) -> float:
   return float(v)
 
 
+# A final loss below this fraction of the task's initial loss counts as
+# solved: two such losses tie, and ratios use the floor (the meta-objective
+# floors log(f / f_0) the same way). Without it a run whose float32 loss
+# underflows to exactly 0 "beats" one at 1e-7 by an infinite ratio.
+SOLVED = 1e-6
+
+
+def solved_floor(records: Iterable[dict[str, Any]]) -> float:
+  """``SOLVED`` times the task's initial loss (the median over ``records``
+  of each curve's step-0 value); 0.0 when no record has one."""
+  f0 = [r["curve"][0][1] for r in records if r.get("curve") and
+        r["curve"][0][0] == 0 and r["curve"][0][1] is not None and
+        math.isfinite(r["curve"][0][1])]
+  return SOLVED * float(np.median(np.abs(f0))) if f0 else 0.0
+
+
+def loss_ratio(loss: float, ref: float, floor: float) -> float:
+  """``loss / ref`` with both floored at ``floor`` (a diverged loss is inf:
+  the ratio is inf, or 0 when only ``ref`` diverged)."""
+  if math.isinf(loss):
+    return math.inf
+  if math.isinf(ref):
+    return 0.0
+  if floor > 0:
+    return max(loss, floor) / max(ref, floor)
+  return (loss + 1e-12) / (ref + 1e-12)
+
+
 def mean_loss(records: Iterable[dict[str, Any]]) -> float:
   """Mean final loss over seeds; inf if any seed diverged."""
   vals = [loss_of(r) for r in records]
@@ -132,8 +160,8 @@ def summarize(records: list[dict[str, Any]], source: str
   final loss over seeds. Returns rows with ``task``, ``learned`` (mean
   final loss), ``learned_diverged`` (seeds), ``baselines`` ({name: (loss,
   lr)}), ``best`` (name of the best tuned baseline), ``ratio`` (learned /
-  best baseline; inf when the learned optimizer diverged), ``winner`` and
-  the task's metric for both.
+  best baseline, both floored at ``solved_floor``; inf when the learned
+  optimizer diverged), ``winner`` and the task's metric for both.
   """
   by_task: dict[str, list] = collections.defaultdict(list)
   for r in records:
@@ -156,13 +184,9 @@ def summarize(records: list[dict[str, Any]], source: str
     b_loss = tuned[best][0] if best else math.nan
     if not learned or best is None:
       ratio, winner = math.nan, "incomplete"
-    elif math.isinf(l_loss):
-      ratio, winner = math.inf, best
-    elif math.isinf(b_loss):
-      ratio, winner = 0.0, "learned"
-    else:
-      ratio = (l_loss + 1e-12) / (b_loss + 1e-12)
-      winner = "learned" if l_loss < b_loss else best
+    else:  # diverged is inf; below the solved floor is a tie, not a win
+      ratio = loss_ratio(l_loss, b_loss, solved_floor(recs))
+      winner = "learned" if ratio < 1 else best
     metric = recs[0].get("metric") or ""
     rows.append({
         "task": task, "metric": metric, "learned": l_loss,

@@ -61,6 +61,23 @@ def test_baselines_are_tuned_per_task_and_divergence_loses():
   assert row["winner"] == "learned" and row["ratio"] == 0.0
 
 
+def test_losses_below_the_solved_floor_tie_instead_of_winning():
+  def rec(key, opt, loss, lr=None):
+    return dict(_rec(key, opt, loss, lr), curve=[[0, 2.0], [10, loss]])
+
+  # float32 cross-entropy underflowing to exactly 0 is no better than 1e-7:
+  # both are below 1e-6 of the initial loss 2.0.
+  (row,) = records.summarize([rec("1", "adam", 1e-7, 1e-2),
+                              rec("2", "learned", 0.0)], "step:5")
+  assert row["winner"] == "adam" and row["ratio"] == 1.0
+  # Above the floor, ratios count from it: 1e-3 / 2e-6.
+  (row,) = records.summarize([rec("1", "adam", 1e-7, 1e-2),
+                              rec("2", "learned", 1e-3)], "step:5")
+  assert math.isclose(row["ratio"], 500.0)
+  assert records.loss_ratio(float("inf"), 1.0, 1e-6) == math.inf
+  assert records.loss_ratio(1.0, float("inf"), 1e-6) == 0.0
+
+
 def test_sources_are_ordered_by_step():
   recs = [_rec("a", "adam", 1.0, source=s)
           for s in ("step:20", "file:x@1", "step:3", "step:100")]
