@@ -209,11 +209,16 @@ def test_config_validation(override, message):
     config_lib.load("tiny", [override])
 
 
-def test_presets_default_to_bptt():
-  for name in ("tiny", "default", "paper"):
+def test_presets_pick_their_estimator():
+  # "default" is the shipped optimizer's recipe (PES); the small and the
+  # paper's presets keep truncated BPTT, the dataclass default.
+  for name in ("tiny", "paper"):
     cfg = config_lib.load(name)
     assert cfg.meta_grad == config_lib.MetaGradConfig()
     assert cfg.meta_grad.estimator == "bptt"
+  cfg = config_lib.load("default")
+  assert cfg.meta_grad == config_lib.MetaGradConfig(estimator="pes")
+  assert cfg.meta_opt.learning_rate == 1e-3
   cfg = config_lib.load("tiny", ["meta_grad.estimator=pes",
                                  "meta_grad.pes_std=0.02"])
   assert dataclasses.replace(cfg.meta_grad, pes_std=0.01) == \
