@@ -26,6 +26,7 @@ time over Adam's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import sys
@@ -39,8 +40,6 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from metatrain import config as config_lib  # noqa: E402
-import dataclasses  # noqa: E402
-
 from metatrain import hrnn, pes, tasks, unroll  # noqa: E402
 
 
@@ -123,6 +122,11 @@ def main() -> None:
                                      num_pairs=pairs) for u in (ucfg, ucfg_mb)}
     pkeys = jax.random.split(jax.random.PRNGKey(2), pairs)
 
+    def bptt_grad(u):
+      return unroll.group_meta_grad(
+          theta, states, keys, args.length, task_config=tc, hcfg=cfg.hrnn,
+          ucfg=u, scan_len=args.length)[0]
+
     def pes_grad(u):
       return pes.pes_meta_grad(
           theta, pstate[u], pkeys, jax.random.PRNGKey(3), args.length,
@@ -130,14 +134,10 @@ def main() -> None:
           scan_len=args.length)[0]
 
     fns = {
-        "bptt mb": lambda: unroll.group_meta_grad(
-            theta, states, keys, args.length, task_config=tc, hcfg=cfg.hrnn,
-            ucfg=ucfg_mb, scan_len=args.length)[0],
+        "hrnn+metagrad": lambda: bptt_grad(ucfg),
+        "bptt mb": lambda: bptt_grad(ucfg_mb),
         "pes": lambda: pes_grad(ucfg),
         "pes mb": lambda: pes_grad(ucfg_mb),
-        "hrnn+metagrad": lambda: unroll.group_meta_grad(
-            theta, states, keys, args.length, task_config=tc, hcfg=cfg.hrnn,
-            ucfg=ucfg, scan_len=args.length)[0],
         "hrnn fwd": lambda: hrnn_forward(theta, states, keys, hcfg=cfg.hrnn,
                                          ucfg=ucfg, **kw),
         "adam+f": lambda: adam_unroll(states.params, states.data, keys,
