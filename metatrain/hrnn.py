@@ -34,6 +34,7 @@ from flax import struct
 
 from metatrain import hrnn_kernel
 from metatrain import hrnn_packing as packing
+from metatrain import hrnn_config
 from metatrain.hrnn_config import HRNNConfig
 from metatrain.hrnn_packing import Layout
 
@@ -330,10 +331,11 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
   h = _gru(theta["param_rnn"], feats, s["h"], add_bias)
   # All per-parameter readouts in one matmul.
   # (The decay readouts of this h are recomputed by the next step.)
-  names = ["w_update", "w_lr"]
+  w_lr, b_lr = hrnn_config.lr_head(cfg, theta)
+  rows = [theta["w_update"], w_lr]
   if cfg.use_attention:
-    names.append("w_attention")
-  proj = _mm(jnp.stack([theta[k] for k in names], axis=1), h)
+    rows.append(theta["w_attention"])
+  proj = _mm(jnp.stack(rows, axis=1), h)
   d = proj[0]
   if cfg.use_gradient_shortcut:
     d = d + _mm(theta["shortcut"], scaled)
@@ -363,10 +365,10 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
     log_lr = s["log_lr"]
     if cfg.lr_correction_range > 0:  # anchored: a bounded correction
       step_log_lr = log_lr + cfg.lr_correction_range * jnp.tanh(
-          proj[1] + theta["b_lr"])
+          proj[1] + b_lr)
       new_log_lr = log_lr
     else:  # the paper's: the log-LR integrates the readouts
-      step_log_lr = log_lr + proj[1] + theta["b_lr"]
+      step_log_lr = log_lr + proj[1] + b_lr
       step_log_lr = _clip_straight_through(step_log_lr, _MIN_LOG_LR,
                                            cfg.max_log_lr)
       m = jax.nn.sigmoid(theta["lr_momentum_logit"])
@@ -377,7 +379,7 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
     lr = jnp.exp(step_log_lr + theta["stepsize_offset"])
     lr_attend = jnp.exp(step_log_lr)
   else:
-    lr = 2.0 * jax.nn.sigmoid(proj[1] + theta["b_lr"])
+    lr = 2.0 * jax.nn.sigmoid(proj[1] + b_lr)
     lr_attend = lr
   attend = None
   if cfg.use_attention:

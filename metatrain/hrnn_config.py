@@ -60,6 +60,13 @@ class HRNNConfig:
   # without bound: meta-trained on short truncations it learned an
   # exponential warm-up that diverges past them).
   lr_correction_range: float = 4.6
+  # The log-LR readout (``w_lr``, ``b_lr``) is this times the stored theta
+  # entries: a per-parameter meta-learning rate for the head that sets the
+  # step size. Adam on theta moves every entry by about the meta-LR per
+  # step; at gain 1 and meta-LR 1e-3, ``b_lr`` moved at that bound for all
+  # 160 meta-steps of the run behind ``hrnn-v1`` (benchmarks/runs.md, pes5).
+  # Both start at zero, so the untrained optimizer does not depend on it.
+  lr_head_gain: float = 1.0
   # Storage dtype of the per-parameter state (GRU state, averages, decays,
   # log-LRs, Adam moments): "float32", or "bfloat16" to halve its memory.
   # The math runs in float32 either way.
@@ -90,6 +97,8 @@ class HRNNConfig:
                     "integrating log-LR)")
     if self.lr_correction_range > 0 and not self.dynamic_output_scale:
       errors.append("lr_correction_range needs dynamic_output_scale")
+    if not self.lr_head_gain > 0:
+      errors.append(f"lr_head_gain must be > 0, got {self.lr_head_gain!r}")
     if self.state_dtype not in ("float32", "bfloat16"):
       errors.append(f"state_dtype must be 'float32' or 'bfloat16', got "
                     f"{self.state_dtype!r}")
@@ -153,3 +162,10 @@ class HRNNConfig:
           raise ValueError(f"HRNNConfig.{k} must be a list, got {v!r}")
       kwargs[k] = v
     return cls(**kwargs)
+
+
+def lr_head(cfg: HRNNConfig, theta: dict[str, Any]) -> tuple[Any, Any]:
+  """The log-LR readout's weights and bias: ``cfg.lr_head_gain`` x theta's."""
+  if cfg.lr_head_gain == 1.0:
+    return theta["w_lr"], theta["b_lr"]
+  return cfg.lr_head_gain * theta["w_lr"], cfg.lr_head_gain * theta["b_lr"]

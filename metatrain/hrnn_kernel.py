@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metatrain import hrnn_config
+
 _TARGET = "lopt_hrnn_param_pass"
 _SYMBOL = "LoptHrnnParamPass"
 _MAX_P, _MAX_T = 32, 8
@@ -211,8 +213,9 @@ def param_pass(cfg, theta, layout, slabs, g, bias_table, first_step,
   flags = sum(bit for name, bit in _FLAGS.items() if getattr(cfg, name))
   empty = jnp.zeros((0,), f32)
   rnn = theta["param_rnn"]
-  wout = jnp.stack([theta[k] for k in
-                    ("w_update", "w_scl_decay", "w_inp_decay", "w_lr")], 1)
+  w_lr, b_lr = hrnn_config.lr_head(cfg, theta)
+  wout = jnp.stack([theta["w_update"], theta["w_scl_decay"],
+                    theta["w_inp_decay"], w_lr], 1)
   shortcut = theta["shortcut"] if cfg.use_gradient_shortcut else empty
   bias = jnp.broadcast_to(bias_table, (nt, 3 * p)).astype(f32)
   b1, b2 = cfg.adam_b1, cfg.adam_b2
@@ -224,7 +227,7 @@ def param_pass(cfg, theta, layout, slabs, g, bias_table, first_step,
   mom = jax.nn.sigmoid(theta["lr_momentum_logit"])
   scal = jnp.stack([jnp.asarray(x, f32) for x in (
       jnp.where(first_step, 1.0, 0.0), mean_log_lr, c1, c2,
-      theta["b_scl_decay"], theta["b_inp_decay"], theta["b_lr"], mom,
+      theta["b_scl_decay"], theta["b_inp_decay"], b_lr, mom,
       1.0 - mom, theta["stepsize_offset"], np.float32(b1),
       np.float32(1.0 - b1), np.float32(b2), np.float32(1.0 - b2),
       np.float32(cfg.adam_eps), np.float32(cfg.max_log_lr),

@@ -140,6 +140,30 @@ def _check_matches_jax(name):
         err_msg=f"{name} state{jax.tree_util.keystr(path)}")
 
 
+@pytest.mark.parametrize("kernel", [False, True])
+def test_lr_head_gain_reparameterises_the_lr_readout(kernel):
+  # Gain 10 on theta / 10 is gain 1 on theta, on both paths; gain 10 on the
+  # same theta is a different optimizer (the gain is applied).
+  one, ten = HRNNConfig(), HRNNConfig(lr_head_gain=10.0)
+  theta = _theta(one)
+  scaled = dict(theta, w_lr=theta["w_lr"] / 10.0, b_lr=theta["b_lr"] / 10.0)
+  params = _params(large=False)
+  runs = {}
+  for key, cfg, th in (("one", one, theta), ("ten", ten, scaled),
+                       ("same", ten, theta)):
+    state = hrnn.init_state(cfg, th, params)
+    step = jax.jit(lambda s, g, cfg=cfg, th=th: hrnn.update(
+        cfg, th, s, g, kernel=kernel))
+    for i in range(3):
+      u, state = step(state, _grads(params, i))
+    runs[key] = np.asarray(u["large"])
+  np.testing.assert_allclose(runs["ten"], runs["one"], rtol=1e-5, atol=1e-9)
+  assert np.max(np.abs(runs["same"] - runs["one"])) > 1e-3 * np.max(
+      np.abs(runs["one"]))
+  with pytest.raises(ValueError, match="lr_head_gain must be > 0"):
+    HRNNConfig(lr_head_gain=0.0)
+
+
 def test_optax_auto_uses_kernel_and_update_default_does_not():
   cfg = HRNNConfig()
   theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg)
