@@ -24,9 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
-from evaluators import baselines, problems, runner, suites  # noqa: E402
+from evaluators import baselines, problems, records, runner, suites  # noqa: E402
 from metatrain import export, hrnn, zoo  # noqa: E402
 
 
@@ -57,7 +56,7 @@ def main(argv=None) -> int:
       ratios.append(ratio)
       print(f"| {task} | {seed} | {out['fp32']:.4g} | {out['bf16']:.4g} | "
             f"{ratio:.3f} |", flush=True)
-  geo = float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-300)))))
+  geo = records.geomean(ratios)
   params = {"w": jax.numpy.zeros((1000, 1000))}
   sizes = {n: hrnn.state_bytes_per_param(hrnn.init_state(c, theta, params))
            for n, c in cfgs.items()}

@@ -169,7 +169,7 @@ def main() -> None:
           f"{lr:>8.0e}")
   ratios = np.array([r[5] for r in rows1])
   # A diverged task is a loss, never dropped: the geometric mean is then inf.
-  geo = float(np.exp(np.mean(np.log(ratios))))
+  geo = records.geomean(ratios)
   print(f"\ntrained HRNN beats per-task-tuned Adam on "
         f"{int(np.sum(ratios < 1))}/{len(ratios)} held-out tasks "
         f"({int(np.sum(np.isinf(ratios)))} diverged); geometric-mean "

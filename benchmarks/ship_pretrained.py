@@ -83,8 +83,9 @@ def main(argv=None) -> int:
     for step in steps:
       src = watch.checkpoint_source(wd, step)
       # Ids must be unique across workdirs in one records file.
-      src = dataclasses.replace(src, id=f"{os.path.basename(wd)}:{step}")
-      cands.append((f"{wd}@{step}", wd, step, src))
+      run = os.path.basename(os.path.normpath(wd))
+      src = dataclasses.replace(src, id=f"{run}:{step}")
+      cands.append((f"{run}@{step}", wd, step, src))
   scored = []
   for label, wd, step, src in cands:
     s, _ = _score(args.select_dir, suite, src)

@@ -103,7 +103,7 @@ def analyse(recs, suite, source_id) -> dict:
         ratios.append(records.loss_ratio(val, ref, floors[task]))
       if ratios is None:
         continue
-      geo = float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-300)))))
+      geo = records.geomean(ratios)
       if best is None or geo < best[0]:
         best = (geo, lr)
     if best is not None:
@@ -158,8 +158,7 @@ def analyse(recs, suite, source_id) -> dict:
   return {"rows": rows, "refs": refs, "wins": wins, "global_lr": global_lr,
           "tasks": len(rows),
           "diverged": sum(r["learned_diverged"] > 0 for r in rows),
-          "geomean_vs_best": (float(np.exp(np.mean(np.log(np.maximum(
-              ratios, 1e-300))))) if ratios else math.nan),
+          "geomean_vs_best": records.geomean(ratios),
           "records": recs}
 
 

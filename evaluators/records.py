@@ -201,6 +201,15 @@ def summarize(records: list[dict[str, Any]], source: str
   return rows
 
 
+def geomean(ratios) -> float:
+  """The geometric mean of loss ratios: inf if any is inf (a divergence
+  loses), nan if there are none; a 0 counts as 1e-300, not as -inf."""
+  ratios = np.asarray(list(ratios), float)
+  if ratios.size == 0:
+    return math.nan
+  return float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-300)))))
+
+
 def score(rows: list[dict[str, Any]]) -> dict[str, Any]:
   """One source's headline figures from its ``summarize`` rows.
 
@@ -213,7 +222,7 @@ def score(rows: list[dict[str, Any]]) -> dict[str, Any]:
   complete = bool(rows) and all(r["winner"] != "incomplete" for r in rows)
   geo = None
   if complete:
-    geo = float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-300)))))
+    geo = geomean(ratios)
   return {"geomean_ratio": geo, "wins": int(np.sum(ratios < 1)),
           "tasks": len(rows), "complete": complete,
           "diverged": int(sum(r["learned_diverged"] > 0 for r in rows))}

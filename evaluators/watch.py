@@ -239,7 +239,7 @@ class Evaluator:
                           float(np.sum(np.isinf(ratios))), step)
       if np.all(np.isfinite(ratios)):
         self._tb.add_scalar("eval/geomean_ratio",
-                            float(np.exp(np.mean(np.log(ratios)))), step)
+                            records.geomean(ratios), step)
       self._tb.flush()
       self._tb_done.add(src)
 

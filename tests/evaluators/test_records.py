@@ -86,3 +86,11 @@ def test_sources_are_ordered_by_step():
   key = records.record_key("step:3", "t", "adam", {"learning_rate": 0.1}, 0,
                            10)
   assert json.loads(key)[0] == "step:3"
+
+
+def test_geomean_counts_divergence_as_a_loss():
+  assert math.isclose(records.geomean([2.0, 8.0]), 4.0)
+  assert records.geomean([0.5, math.inf]) == math.inf
+  # A 0 ratio (only the baseline diverged) is 1e-300, not -inf or nan.
+  assert 0.0 < records.geomean([0.0, 1.0]) < 1e-140
+  assert math.isnan(records.geomean([]))
