@@ -17,7 +17,10 @@ measurements, in one run:
 - the cheaper ways to get a meta-gradient: ``bptt mb`` (BPTT with
   ``unroll.meta_loss="minibatch"``: no extra full-data pass), ``pes`` and
   ``pes mb`` (``pes.pes_meta_grad`` with N/2 antithetic pairs, so as many
-  particles as the group has tasks, forward only).
+  particles as the group has tasks, forward only);
+- ``hrnn mb``: the truncation forward with the minibatch meta-loss, under
+  one theta: the HRNN's own unroll, the floor of any meta-gradient
+  estimator that runs the HRNN on these tasks.
 Compilation is excluded (one warm-up call each). Prints task-steps/s for
 each (a PES particle's step is a task-step) and each meta-gradient's
 time over Adam's.
@@ -102,13 +105,14 @@ def main() -> None:
   ucfg_mb = dataclasses.replace(ucfg, meta_loss="minibatch")
   pairs = max(1, n // 2)
   grads = ["hrnn+metagrad", "bptt mb", "pes", "pes mb"]
-  cols = grads + ["hrnn fwd", "adam+f", "adam"]
+  cols = grads + ["hrnn fwd", "hrnn mb", "adam+f", "adam"]
+  ratios = grads + ["hrnn mb"]
   count = {c: n for c in cols}
   count["pes"] = count["pes mb"] = 2 * pairs
   short = {"hrnn+metagrad": "bptt", "bptt mb": "bpttmb", "pes": "pes",
-           "pes mb": "pesmb"}
+           "pes mb": "pesmb", "hrnn mb": "floor"}
   print(f"{'task group':<40} " + " ".join(f"{c:>13}" for c in cols) +
-        " " + " ".join(f"{short[c] + '/A':>9}" for c in grads))
+        " " + " ".join(f"{short[c] + '/A':>9}" for c in ratios))
   tot = dict.fromkeys(cols, 0.0)
   for _ in range(args.groups):
     tc = ens.sample(rng)
@@ -140,6 +144,8 @@ def main() -> None:
         "pes mb": lambda: pes_grad(ucfg_mb),
         "hrnn fwd": lambda: hrnn_forward(theta, states, keys, hcfg=cfg.hrnn,
                                          ucfg=ucfg, **kw),
+        "hrnn mb": lambda: hrnn_forward(theta, states, keys, hcfg=cfg.hrnn,
+                                        ucfg=ucfg_mb, **kw),
         "adam+f": lambda: adam_unroll(states.params, states.data, keys,
                                       full_loss=True, **kw),
         "adam": lambda: adam_unroll(states.params, states.data, keys, **kw),
@@ -151,9 +157,9 @@ def main() -> None:
       tot[c] += t[c] / args.groups
     print(f"{tc.name[:40]:<40} " + " ".join(f"{1 / t[c]:>13,.0f}"
                                             for c in cols) + " " +
-          " ".join(f"{t[c] / t['adam']:>9.1f}" for c in grads), flush=True)
+          " ".join(f"{t[c] / t['adam']:>9.1f}" for c in ratios), flush=True)
   print(f"{'total':<40} " + " ".join(f"{1 / tot[c]:>13,.0f}" for c in cols)
-        + " " + " ".join(f"{tot[c] / tot['adam']:>9.1f}" for c in grads))
+        + " " + " ".join(f"{tot[c] / tot['adam']:>9.1f}" for c in ratios))
   h, a = tot["hrnn+metagrad"], tot["adam"]
   print(f"task-steps/s: HRNN with meta-gradient {1 / h:,.0f}, plain "
         f"Adam {1 / a:,.0f}; Adam is {h / a:.1f}x faster "
@@ -164,7 +170,9 @@ def main() -> None:
         f", the meta-gradient (BPTT) x{h / tot['hrnn fwd']:.2f}. Cheaper "
         f"meta-gradients, time per task-step over Adam's: " +
         ", ".join(f"{c} {tot[c] / a:.1f}x" for c in grads[1:]) +
-        f" (PES: {pairs} antithetic pairs, std {cfg.meta_grad.pes_std})")
+        f" (PES: {pairs} antithetic pairs, std {cfg.meta_grad.pes_std}). "
+        f"Floor: the HRNN's forward unroll with the minibatch meta-loss "
+        f"alone takes {tot['hrnn mb'] / a:.1f}x Adam's time per task-step.")
 
 if __name__ == "__main__":
   main()

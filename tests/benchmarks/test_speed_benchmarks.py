@@ -54,3 +54,5 @@ def test_metatrain_throughput_smoke():
   m = re.search(r"bptt mb ([\d.]+)x, pes ([\d.]+)x, pes mb ([\d.]+)x", text)
   assert m, text
   assert all(float(x) > 0 for x in m.groups())
+  m = re.search(r"alone takes ([\d.]+)x Adam's", text)
+  assert m and float(m.group(1)) > 0, text
