@@ -62,11 +62,21 @@ class UnrollConfig:
   # step's starting params (free: unbiased for the full loss there, since
   # the batch is fresh; noisier, and one step behind).
   meta_loss: str = "full"
+  # 0 (the paper's): every inner step's log-loss term weighs the same.
+  # N > 0: the term of a task's inner step s (from its start) weighs
+  # min(1, (s + 1) / N), so that how fast a task starts counts less than
+  # where its training ends up (the evaluators score final losses). A
+  # diverged step still pays the full cap, so diverging early is never
+  # cheaper than any finite outcome.
+  meta_loss_ramp_steps: int = 0
 
   def __post_init__(self):
     if self.meta_loss not in ("full", "minibatch"):
       raise ValueError(f"unroll.meta_loss must be 'full' or 'minibatch', got "
                        f"{self.meta_loss!r}")
+    if self.meta_loss_ramp_steps < 0:
+      raise ValueError("unroll.meta_loss_ramp_steps must be >= 0 (0: every "
+                       "step weighs the same)")
     if self.tasks_per_group < 1:
       raise ValueError("unroll.tasks_per_group must be >= 1")
     if self.min_steps < 1 or self.max_steps < self.min_steps:
@@ -174,6 +184,10 @@ def _truncation(theta, state: TaskUnrollState, key, length, *, task, hcfg,
     diverged = diverged | (active & bad)
     f_safe = jnp.where(jnp.isfinite(f), f, state.f0)
     term = jnp.minimum(jnp.log(f_safe / (state.f0 + _EPS) + _EPS), cap)
+    if ucfg.meta_loss_ramp_steps > 0:
+      term = term * jnp.minimum(
+          1.0, (state.step + t + 1).astype(jnp.float32) /
+          ucfg.meta_loss_ramp_steps)
     # A diverged task pays the cap for the rest of the truncation: diverging
     # is never cheaper than any finite outcome (a capped, constant penalty:
     # no gradient flows through the explosion).

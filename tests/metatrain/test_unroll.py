@@ -163,6 +163,38 @@ def test_minibatch_meta_loss_still_catches_divergence():
   assert list(np.asarray(new.truncs_left)) == [0, 0, 0]
 
 
+def test_meta_loss_ramp_weighs_early_steps_less():
+  theta = dict(THETA, stepsize_offset=jnp.asarray(2.0))  # params must move
+  # QUAD has no noise: each step's term is the same in every call, so the
+  # uniform objectives of lengths 1-4 give the terms one by one.
+  sums = [0.0] + [n * float(_call(theta, _states(), length=n)[2]["meta_loss"])
+                  for n in range(1, 5)]
+  terms = np.diff(sums)
+  assert np.all(terms < 0)
+  ramp8 = dataclasses.replace(UCFG, meta_loss_ramp_steps=8)
+  live = _states().replace(truncs_left=jnp.array([5, 5, 5], jnp.int32))
+  _, s1, m = _call(theta, live, length=4, ucfg=ramp8)
+  np.testing.assert_allclose(float(m["meta_loss"]),
+                             np.sum(terms * np.arange(1, 5) / 8) / 4,
+                             rtol=1e-4)
+  # Past the ramp (the next truncation starts at step 4 of the same tasks:
+  # none resets) every step weighs 1, as with no ramp.
+  ramp4 = dataclasses.replace(UCFG, meta_loss_ramp_steps=4)
+  _, s_uni, _ = _call(theta, live, length=4)
+  m_uni = _call(theta, s_uni, length=4, key=1)[2]
+  m_ramp = _call(theta, s1, length=4, key=1, ucfg=ramp4)[2]
+  np.testing.assert_allclose(float(m_ramp["meta_loss"]),
+                             float(m_uni["meta_loss"]), rtol=1e-5)
+  # Diverging early still pays the full cap.
+  big = dataclasses.replace(UCFG, meta_loss_ramp_steps=10**6)
+  m = _call(dict(THETA, stepsize_offset=jnp.asarray(30.0)), _states(),
+            length=8, ucfg=big)[2]
+  assert int(m["num_diverged"]) == 3
+  assert float(m["meta_loss"]) > 0.5 * np.log(UCFG.divergence_factor)
+  with pytest.raises(ValueError, match="meta_loss_ramp_steps must be >= 0"):
+    unroll.UnrollConfig(meta_loss_ramp_steps=-1)
+
+
 def test_unknown_meta_loss_is_refused():
   with pytest.raises(ValueError, match="meta_loss must be 'full' or"):
     unroll.UnrollConfig(meta_loss="train")
