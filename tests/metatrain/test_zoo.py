@@ -7,6 +7,7 @@ import pytest
 
 import metatrain
 from evaluators import baselines, problems, runner
+from metatrain import config as config_lib
 
 
 def test_shipped_optimizer_loads_with_its_provenance():
@@ -24,6 +25,9 @@ def test_shipped_optimizer_loads_with_its_provenance():
   assert info["selection"]["split"] == "validation"
   assert info["train_config"]["hrnn"] == metatrain.read_optimizer(
       metatrain.pretrained_path())[0].to_dict()
+  # `lopt train` with the default preset retrains what ships.
+  assert config_lib.load("default").hrnn.to_dict() == \
+      info["train_config"]["hrnn"]
   with pytest.raises(ValueError, match="no shipped optimizer 'nope'"):
     metatrain.pretrained("nope")
 
