@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from metatrain import hrnn_config
 from metatrain import hrnn_kernel
 from metatrain import hrnn_packing as packing
-from metatrain import hrnn_config
 from metatrain.hrnn_config import HRNNConfig
 from metatrain.hrnn_packing import Layout
 

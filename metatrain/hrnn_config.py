@@ -64,8 +64,9 @@ class HRNNConfig:
   # entries: a per-parameter meta-learning rate for the head that sets the
   # step size. Adam on theta moves every entry by about the meta-LR per
   # step; at gain 1 and meta-LR 1e-3, ``b_lr`` moved at that bound for all
-  # 160 meta-steps of the run behind ``hrnn-v1`` (benchmarks/runs.md, pes5).
-  # Both start at zero, so the untrained optimizer does not depend on it.
+  # 160 meta-steps of run pes3 (benchmarks/runs.md, pes5). The `default`
+  # training preset sets 10. Both start at zero, so the untrained optimizer
+  # does not depend on it.
   lr_head_gain: float = 1.0
   # Storage dtype of the per-parameter state (GRU state, averages, decays,
   # log-LRs, Adam moments): "float32", or "bfloat16" to halve its memory.
