@@ -167,6 +167,4 @@ class HRNNConfig:
 
 def lr_head(cfg: HRNNConfig, theta: dict[str, Any]) -> tuple[Any, Any]:
   """The log-LR readout's weights and bias: ``cfg.lr_head_gain`` x theta's."""
-  if cfg.lr_head_gain == 1.0:
-    return theta["w_lr"], theta["b_lr"]
   return cfg.lr_head_gain * theta["w_lr"], cfg.lr_head_gain * theta["b_lr"]
