@@ -108,7 +108,7 @@ def main() -> None:
     if e not in config_lib.ESTIMATORS:
       raise SystemExit(f"unknown estimator {e!r} "
                        f"(known: {', '.join(config_lib.ESTIMATORS)})")
-  ensemble = tasks.ensemble_for(base.tasks.include_mlps, base.tasks.families)
+  ensemble = base.tasks.ensemble()
   configs = tasks.holdout_configs(args.holdout, ensemble)
   budget = args.minutes * 60
   mg = base.meta_grad

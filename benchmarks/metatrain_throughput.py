@@ -100,7 +100,7 @@ def main() -> None:
   ucfg = cfg.unroll
   n = ucfg.tasks_per_group
   theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg.hrnn)
-  ens = tasks.ensemble_for(cfg.tasks.include_mlps, cfg.tasks.families)
+  ens = cfg.tasks.ensemble()
   rng = np.random.default_rng(args.seed)
   ucfg_mb = dataclasses.replace(ucfg, meta_loss="minibatch")
   pairs = max(1, n // 2)

@@ -24,9 +24,11 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_tasks(args) -> int:
-  from metatrain import tasks  # pylint: disable=import-outside-toplevel
-  ens = tasks.default_ensemble(include_mlps=not args.no_mlps)
-  for line in ens.describe():
+  overrides = list(args.set or [])
+  if args.no_mlps:
+    overrides.append("tasks.include_mlps=false")
+  cfg = _load_config(argparse.Namespace(config=args.config, set=overrides))
+  for line in cfg.tasks.ensemble().describe():
     print(line)
   return 0
 
@@ -327,6 +329,10 @@ def build_parser(parser_class=argparse.ArgumentParser
   k = sub.add_parser("tasks", help="list the meta-training task families")
   k.add_argument("--no-mlps", action="store_true",
                  help="the paper's text: no neural networks in the ensemble")
+  k.add_argument("--config", default="default",
+                 help="preset name or JSON file whose tasks.* settings to show")
+  k.add_argument("--set", action="append", metavar="KEY=VALUE",
+                 help="as for train, e.g. --set 'tasks.weights=[\"mlp=3\"]'")
   k.set_defaults(func=_cmd_tasks)
   return p
 

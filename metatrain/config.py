@@ -77,6 +77,10 @@ class TasksConfig:
   resample_every: int = 25  # meta-steps before a group gets a new config
   include_mlps: bool = True  # the paper's text excludes NNs; its code didn't
   families: tuple[str, ...] = ()  # restrict to these families (equal weight)
+  # Sampling weights, "family=weight", replacing that family's weight in the
+  # ensemble above (default or ``families``); a family not in it is added,
+  # and 0 drops it. E.g. ["mlp=3", "fn2d=1"]. ``lopt tasks`` shows the mix.
+  weights: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.num_groups < 1 or self.resample_every < 1:
@@ -86,6 +90,26 @@ class TasksConfig:
     if unknown:
       raise ValueError(f"tasks.families: unknown family {unknown[0]!r} "
                        f"(known: {', '.join(sorted(FAMILIES))})")
+    self.ensemble()  # bad weights fail here, with the config
+
+  def ensemble(self):
+    """The ``metatrain.tasks.Ensemble`` these settings sample from."""
+    from metatrain import tasks  # pylint: disable=import-outside-toplevel
+    weights = {}
+    for entry in self.weights:
+      name, sep, value = str(entry).partition("=")
+      try:
+        w = float(value) if sep else float("nan")
+      except ValueError:
+        w = float("nan")
+      if not w >= 0 or w == float("inf"):
+        raise ValueError(f"tasks.weights: {entry!r} is not 'family=weight' "
+                         "with a finite weight >= 0, e.g. 'mlp=3'")
+      if name not in tasks.FAMILIES:
+        raise ValueError(f"tasks.weights: unknown family {name!r} (known: "
+                         f"{', '.join(sorted(tasks.FAMILIES))})")
+      weights[name] = w
+    return tasks.ensemble_for(self.include_mlps, self.families, weights)
 
 
 @dataclasses.dataclass(frozen=True)

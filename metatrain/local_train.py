@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from metatrain import hrnn, programs, tasks
+from metatrain import hrnn, programs
 from metatrain.config import TrainConfig
 from metatrain.meta_step import (StallWatchdog, TaskGroup, average_grads,
                                  make_apply, meta_optimizer)
@@ -29,8 +29,7 @@ class MetaTrainer:
     self.cfg = cfg
     programs.enable_persistent_cache(cfg.compile_cache_dir)
     self.rng = np.random.default_rng(cfg.seed)
-    self.ensemble = tasks.ensemble_for(cfg.tasks.include_mlps,
-                                      cfg.tasks.families)
+    self.ensemble = cfg.tasks.ensemble()
     self.theta = (theta if theta is not None else
                   hrnn.init_theta(jax.random.PRNGKey(cfg.seed), cfg.hrnn))
     self.opt = meta_optimizer(cfg.meta_opt)

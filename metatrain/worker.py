@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from metatrain import config as config_lib
-from metatrain import meta_step, programs, tasks
+from metatrain import meta_step, programs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +70,7 @@ class UnrollWorker:
     self.worker_id = worker_id
     self.cfg = config_lib.from_dict(config_lib.TrainConfig, train_config)
     programs.enable_persistent_cache(self.cfg.compile_cache_dir)
-    self.ensemble = tasks.ensemble_for(self.cfg.tasks.include_mlps,
-                                       self.cfg.tasks.families)
+    self.ensemble = self.cfg.tasks.ensemble()
     self.devices = jax.local_devices()
     self.groups: list[meta_step.TaskGroup] = []
     # Sequence numbers must stay unique when Ray restarts this actor (which

@@ -146,11 +146,25 @@ def default_ensemble(include_mlps: bool = True) -> Ensemble:
 
 
 def ensemble_for(include_mlps: bool = True,
-                 families: tuple[str, ...] = ()) -> Ensemble:
-  """The default ensemble, or equal weights over ``families`` if given."""
+                 families: tuple[str, ...] = (),
+                 weights: dict[str, float] | None = None) -> Ensemble:
+  """The default ensemble, or equal weights over ``families`` if given.
+
+  ``weights`` then replaces single families' weights (adding families not
+  in it; 0 drops one). The transforms stay the default ones.
+  """
   if families:
-    return Ensemble(tuple((f, 1.0) for f in families))
-  return default_ensemble(include_mlps)
+    base = Ensemble(tuple((f, 1.0) for f in families))
+  else:
+    base = default_ensemble(include_mlps)
+  if not weights:
+    return base
+  merged = dict(base.weights)
+  merged.update(weights)
+  kept = tuple((n, w) for n, w in merged.items() if w > 0)
+  if not kept:
+    raise ValueError("tasks.weights: every family has weight 0")
+  return dataclasses.replace(base, weights=kept)
 
 
 # The default ensemble as it was when the held-out test tasks were fixed

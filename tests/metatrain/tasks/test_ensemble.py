@@ -301,3 +301,32 @@ def test_holdout_is_identical_in_another_process():
                        cwd=ROOT).stdout
   other = [TaskConfig.from_dict(d) for d in json.loads(out)]
   assert other == tasks.holdout_configs(16) + tasks.validation_configs(16)
+
+
+def test_config_weights_reweight_the_sampled_mix():
+  from metatrain import config  # pylint: disable=import-outside-toplevel
+  cfg = config.load("tiny", ['tasks.weights=["mlp=3", "fn2d=0"]'])
+  ens = cfg.tasks.ensemble()
+  w = dict(ens.weights)
+  assert w["mlp"] == 3.0 and "fn2d" not in w
+  assert w["bowl"] == dict(tasks.default_ensemble(False).weights)["bowl"]
+  rng = np.random.default_rng(0)
+  fams = [ens.sample(rng).family for _ in range(400)]
+  assert "fn2d" not in fams
+  # mlp is 3 / 11.75 of the weight: about 102 of 400 draws.
+  assert 60 < fams.count("mlp") < 130
+  # A weight adds a family to a restricted list.
+  restricted = config.load("tiny", ['tasks.families=["bowl"]',
+                                    'tasks.weights=["quadratic=2"]'])
+  assert restricted.tasks.ensemble().weights == (("bowl", 1.0),
+                                                 ("quadratic", 2.0))
+  for bad, message in [('["mlp"]', "family=weight"),
+                       ('["mlp=-1"]', "family=weight"),
+                       ('["mlp=inf"]', "family=weight"),
+                       ('["mlpx=1"]', "unknown family"),
+                       ('["bowl=0"]', "every family has weight 0")]:
+    over = [f"tasks.weights={bad}"]
+    if "bowl=0" in bad:
+      over.append('tasks.families=["bowl"]')
+    with pytest.raises(ValueError, match=message):
+      config.load("tiny", over)
