@@ -201,13 +201,18 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The recipe of the shipped hrnn-v1 (benchmarks/runs.md, run pes5): PES
-    # meta-gradients, Adam 1e-3 on theta, the step-size head 10x faster, a
-    # checkpoint every 10 steps (the 1000-step validation peak is narrow and
-    # early, ~30 steps; checkpoints are ~0.3 MB; `lopt export --best`).
+    # The recipe of the shipped hrnn-v1 (benchmarks/runs.md, run pes8): PES
+    # meta-gradients, Adam 1e-3 on theta, the step-size head 10x faster, an
+    # ensemble weighted towards neural networks (55% mlp, logistic and
+    # matmul_algorithm), a checkpoint every 10 steps (the 1000-step
+    # validation peak is narrow and early, ~40 steps; checkpoints are
+    # ~0.3 MB; `lopt export --best`).
     "default": {"meta_grad": {"estimator": "pes"},
                 "meta_opt": {"learning_rate": 1e-3},
                 "hrnn": {"lr_head_gain": 10.0},
+                "tasks": {"weights": ["mlp=3", "logistic=3",
+                                      "matmul_algorithm=1.5", "fn2d=1",
+                                      "quadratic=1.5", "bowl=1"]},
                 "learner": {"save_every": 10, "keep_every": 10}},
     # Small enough for tests and smoke runs: a few seconds per meta-step.
     "tiny": {"unroll": {"tasks_per_group": 2, "steps_mean": 5.0,

@@ -26,8 +26,9 @@ def test_shipped_optimizer_loads_with_its_provenance():
   assert info["train_config"]["hrnn"] == metatrain.read_optimizer(
       metatrain.pretrained_path())[0].to_dict()
   # `lopt train` with the default preset retrains what ships.
-  assert config_lib.load("default").hrnn.to_dict() == \
-      info["train_config"]["hrnn"]
+  default = config_lib.to_dict(config_lib.load("default"))
+  for part in ("hrnn", "unroll", "meta_opt", "meta_grad", "tasks"):
+    assert default[part] == info["train_config"][part], part
   with pytest.raises(ValueError, match="no shipped optimizer 'nope'"):
     metatrain.pretrained("nope")
 
