@@ -108,6 +108,8 @@ class TasksConfig:
       if name not in tasks.FAMILIES:
         raise ValueError(f"tasks.weights: unknown family {name!r} (known: "
                          f"{', '.join(sorted(tasks.FAMILIES))})")
+      if name in weights:
+        raise ValueError(f"tasks.weights: {name!r} is weighted twice")
       weights[name] = w
     return tasks.ensemble_for(self.include_mlps, self.families, weights)
 
