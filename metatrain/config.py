@@ -78,8 +78,9 @@ class TasksConfig:
   include_mlps: bool = True  # the paper's text excludes NNs; its code didn't
   families: tuple[str, ...] = ()  # restrict to these families (equal weight)
   # Sampling weights, "family=weight", replacing that family's weight in the
-  # ensemble above (default or ``families``); a family not in it is added,
-  # and 0 drops it. E.g. ["mlp=3", "fn2d=1"]. ``lopt tasks`` shows the mix.
+  # mix chosen above (default or ``families``, MLPs or not); 0 drops it, and
+  # a family not in the mix stays out. E.g. ["mlp=3", "fn2d=1"].
+  # ``lopt tasks`` shows the resulting mix.
   weights: tuple[str, ...] = ()
 
   def __post_init__(self):

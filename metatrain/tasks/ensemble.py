@@ -150,8 +150,10 @@ def ensemble_for(include_mlps: bool = True,
                  weights: dict[str, float] | None = None) -> Ensemble:
   """The default ensemble, or equal weights over ``families`` if given.
 
-  ``weights`` then replaces single families' weights (adding families not
-  in it; 0 drops one). The transforms stay the default ones.
+  ``weights`` then replaces the weights of single families of that mix
+  (0 drops one). It never adds a family: ``include_mlps`` and ``families``
+  choose the families, so a preset's weights still hold under
+  ``--no-mlps``. The transforms stay the default ones.
   """
   if families:
     base = Ensemble(tuple((f, 1.0) for f in families))
@@ -159,9 +161,8 @@ def ensemble_for(include_mlps: bool = True,
     base = default_ensemble(include_mlps)
   if not weights:
     return base
-  merged = dict(base.weights)
-  merged.update(weights)
-  kept = tuple((n, w) for n, w in merged.items() if w > 0)
+  kept = tuple((n, weights.get(n, w)) for n, w in base.weights
+               if weights.get(n, w) > 0)
   if not kept:
     raise ValueError("tasks.weights: every family has weight 0")
   return dataclasses.replace(base, weights=kept)

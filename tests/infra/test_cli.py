@@ -1,6 +1,7 @@
 """The lopt command line: config errors, task listing, single-process train."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -57,6 +58,17 @@ def test_tasks_lists_families(capsys):
     assert fam in out
   assert cli.main(["tasks", "--no-mlps"]) == 0
   assert "\nmlp " not in capsys.readouterr().out
+  # A config's weights: fn2d dropped, mlp at 3 of 11.75.
+  assert cli.main(["tasks", "--config", "tiny", "--set",
+                   "tasks.include_mlps=true", "--set",
+                   'tasks.weights=["mlp=3", "fn2d=0"]']) == 0
+  out = capsys.readouterr().out
+  assert "\nfn2d " not in out
+  assert re.search(r"^mlp\s+25\.5%", out, re.M), out
+  with pytest.raises(SystemExit) as e:
+    cli.main(["tasks", "--set", 'tasks.weights=["mlp=x"]'])
+  assert e.value.code == 2
+  assert "family=weight" in capsys.readouterr().err
 
 
 def test_train_workers_0_writes_config_and_progress(tmp_path, capsys):

@@ -305,21 +305,26 @@ def test_holdout_is_identical_in_another_process():
 
 def test_config_weights_reweight_the_sampled_mix():
   from metatrain import config  # pylint: disable=import-outside-toplevel
-  cfg = config.load("tiny", ['tasks.weights=["mlp=3", "fn2d=0"]'])
+  cfg = config.load("tiny", ["tasks.include_mlps=true",
+                             'tasks.weights=["mlp=3", "fn2d=0"]'])
   ens = cfg.tasks.ensemble()
   w = dict(ens.weights)
   assert w["mlp"] == 3.0 and "fn2d" not in w
-  assert w["bowl"] == dict(tasks.default_ensemble(False).weights)["bowl"]
+  assert w["bowl"] == dict(tasks.default_ensemble().weights)["bowl"]
   rng = np.random.default_rng(0)
   fams = [ens.sample(rng).family for _ in range(400)]
   assert "fn2d" not in fams
   # mlp is 3 / 11.75 of the weight: about 102 of 400 draws.
   assert 60 < fams.count("mlp") < 130
-  # A weight adds a family to a restricted list.
-  restricted = config.load("tiny", ['tasks.families=["bowl"]',
-                                    'tasks.weights=["quadratic=2"]'])
-  assert restricted.tasks.ensemble().weights == (("bowl", 1.0),
-                                                 ("quadratic", 2.0))
+  # Weights never add a family: not to a restricted list, and not MLPs
+  # when they are off (the default preset weights mlp).
+  restricted = config.load("tiny", ['tasks.families=["bowl", "norm"]',
+                                    'tasks.weights=["quadratic=2", "bowl=3"]'])
+  assert restricted.tasks.ensemble().weights == (("bowl", 3.0),
+                                                 ("norm", 1.0))
+  no_mlps = config.load("default", ["tasks.include_mlps=false"])
+  assert "mlp" not in dict(no_mlps.tasks.ensemble().weights)
+  assert dict(config.load("default").tasks.ensemble().weights)["mlp"] == 3.0
 
 
 @pytest.mark.parametrize("overrides,message", [
