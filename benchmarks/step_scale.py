@@ -24,7 +24,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from evaluators import baselines, problems, runner  # noqa: E402
+from evaluators import baselines, problems, records, runner  # noqa: E402
 from metatrain import export, zoo  # noqa: E402
 
 
@@ -46,11 +46,10 @@ def _floats(text: str) -> list[float]:
 
 
 def _mean_final(problem, opt, steps, seeds, chunk) -> float:
-  losses = []
-  for seed in range(seeds):
-    r = runner.run(problem, opt, steps=steps, seed=seed, chunk=chunk)
-    losses.append(math.inf if r.diverged else r.final_loss)
-  return sum(losses) / len(losses)
+  """Mean final loss over seeds, by the evaluators' rule (diverged: inf)."""
+  return records.mean_loss(
+      runner.run(problem, opt, steps=steps, seed=seed, chunk=chunk).to_json()
+      for seed in range(seeds))
 
 
 def main(argv=None) -> int:

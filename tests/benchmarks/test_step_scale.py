@@ -1,7 +1,5 @@
 """benchmarks/step_scale.py: the learned optimizer with its step scaled."""
 
-import importlib.util
-import os
 import re
 
 import jax
@@ -13,26 +11,16 @@ import metatrain
 from evaluators import baselines, problems, runner
 from metatrain.optax_adapter import hrnn_optax
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 
-
-def _module():
-  spec = importlib.util.spec_from_file_location(
-      "step_scale", os.path.join(ROOT, "benchmarks", "step_scale.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
-def test_scale_multiplies_every_step_exactly():
+def test_scale_multiplies_every_step_exactly(benchmark_module):
+  scaled = benchmark_module("step_scale").scaled
   config, theta, _ = metatrain.read_optimizer(metatrain.pretrained_path())
   params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4),
             "b": jnp.ones((5,))}
   grads = jax.tree_util.tree_map(lambda p: jnp.sin(3.0 * p) + 0.1, params)
   steps = {}
   for s in (1.0, 2.5):
-    tx = hrnn_optax(config, _module().scaled(theta, s))
+    tx = hrnn_optax(config, scaled(theta, s))
     state = tx.init(params)
     u = None
     for _ in range(3):  # the scale stays out of the optimizer's state
@@ -42,11 +30,11 @@ def test_scale_multiplies_every_step_exactly():
     np.testing.assert_allclose(steps[2.5][k], 2.5 * steps[1.0][k],
                                rtol=1e-5, atol=1e-12)
   with pytest.raises(ValueError, match="> 0"):
-    _module().scaled(theta, 0.0)
+    scaled(theta, 0.0)
 
 
-def test_table_rows_are_real_runs(capsys):
-  mod = _module()
+def test_table_rows_are_real_runs(capsys, benchmark_module):
+  mod = benchmark_module("step_scale")
   assert mod.main(["--tasks", "digits_mlp", "--scales", "0.5,1",
                    "--adam-lrs", "1e-3", "--steps", "20", "--chunk", "20"]) == 0
   out = capsys.readouterr().out

@@ -1,36 +1,23 @@
 """benchmarks/vs_baselines.py in smoke mode (tiny runs, real evaluators)."""
 
-import importlib.util
-import os
-
 import jax
 import numpy as np
 
 import metatrain
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 
-
-def _module():
-  spec = importlib.util.spec_from_file_location(
-      "vs_baselines", os.path.join(ROOT, "benchmarks", "vs_baselines.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
-def test_table_and_an_exploding_optimizer_loses_everywhere(tmp_path, capsys):
+def test_table_and_an_exploding_optimizer_loses_everywhere(tmp_path, capsys,
+                                                           benchmark_module):
   cfg = metatrain.HRNNConfig()
   theta = metatrain.init_theta(jax.random.PRNGKey(0), cfg)
   theta = dict(theta, stepsize_offset=np.float32(60.0))  # steps of e^60
   path = str(tmp_path / "boom.lopt")
   metatrain.save_optimizer(path, cfg, theta, {"note": "explodes"})
   out = tmp_path / "table.md"
-  rc = _module().main(["--lopt", path, "--workdir", str(tmp_path / "w"),
-                       "--parts", "heldout", "--smoke", "--set",
-                       'tasks=["heldout:0"]', "--out", str(out),
-                       "--plots", str(tmp_path / "plots")])
+  rc = benchmark_module("vs_baselines").main(
+      ["--lopt", path, "--workdir", str(tmp_path / "w"), "--parts", "heldout",
+       "--smoke", "--set", 'tasks=["heldout:0"]', "--out", str(out),
+       "--plots", str(tmp_path / "plots")])
   assert rc == 0
   text = out.read_text()
   row = next(l for l in text.splitlines() if l.startswith("| heldout:0 |"))
