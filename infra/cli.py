@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
 import platform
 import sys
 
-import metatrain
+from infra.parser import UsageError, build_parser
 
 # glibc's allocator hands big freed blocks back to the OS, so every XLA
 # temporary is freshly mapped (page faults on each step): this keeps one
@@ -27,53 +27,46 @@ def _cmd_tasks(args) -> int:
   overrides = list(args.set or [])
   if args.no_mlps:
     overrides.append("tasks.include_mlps=false")
-  cfg = _load_config(argparse.Namespace(config=args.config, set=overrides))
+  cfg = load_config(args.config, overrides)
   for line in cfg.tasks.ensemble().describe():
     print(line)
   return 0
 
 
-def _load_config(args):
+def load_config(name_or_path: str, overrides: list[str] | None):
+  """``config.load``, its ValueError as a UsageError."""
   from metatrain import config as config_lib  # pylint: disable=import-outside-toplevel
   try:
-    return config_lib.load(args.config, args.set or [])
+    return config_lib.load(name_or_path, overrides or [])
   except ValueError as e:
-    print(f"lopt: error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
+    raise UsageError(str(e)) from None
 
 
 def _cmd_train(args) -> int:
   import dataclasses  # pylint: disable=import-outside-toplevel
   import json  # pylint: disable=import-outside-toplevel
   from metatrain import config as config_lib  # pylint: disable=import-outside-toplevel
-  cfg = _load_config(args)
+  cfg = load_config(args.config, args.set)
   if args.evaluators is not None:
     if args.evaluators < 0:
-      print("lopt: error: --evaluators must be >= 0", file=sys.stderr)
-      return 2
+      raise UsageError("--evaluators must be >= 0")
     cfg = dataclasses.replace(cfg, evaluator=dataclasses.replace(
         cfg.evaluator, count=args.evaluators))
   if cfg.evaluator.count:
     if args.workers == 0:
-      print("lopt: error: --evaluators needs Ray workers (not --workers 0);"
-            " run `lopt evaluate --workdir W` beside it instead",
-            file=sys.stderr)
-      return 2
+      raise UsageError("--evaluators needs Ray workers (not --workers 0); "
+                       "run `lopt evaluate --workdir W` beside it instead")
     from evaluators import suites  # pylint: disable=import-outside-toplevel
     try:
       suites.load(cfg.evaluator.suite, list(cfg.evaluator.suite_overrides))
     except ValueError as e:
-      print(f"lopt: error: evaluator: {e}", file=sys.stderr)
-      return 2
+      raise UsageError(f"evaluator: {e}") from None
   if args.steps is not None and args.steps < 1:
-    print("lopt: error: --steps must be >= 1", file=sys.stderr)
-    return 2
+    raise UsageError("--steps must be >= 1")
   if args.workers is not None and args.workers < 0:
-    print("lopt: error: --workers must be >= 0", file=sys.stderr)
-    return 2
+    raise UsageError("--workers must be >= 0")
   if (msg := _resume_mismatch(cfg, args.workdir)) is not None:
-    print(f"lopt: error: {msg}", file=sys.stderr)
-    return 2
+    raise UsageError(msg)
   os.makedirs(args.workdir, exist_ok=True)
   with open(os.path.join(args.workdir, "config.json"), "w") as f:
     json.dump(config_lib.to_dict(cfg), f, indent=2, sort_keys=True)
@@ -82,7 +75,10 @@ def _cmd_train(args) -> int:
     local_train.train(cfg, steps=args.steps)
     return 0
   from metatrain import launcher  # pylint: disable=import-outside-toplevel
-  return launcher.run(cfg, args)
+  pool = None
+  if cfg.evaluator.count:
+    from evaluators.actor import EvaluatorPool as pool  # pylint: disable=import-outside-toplevel
+  return launcher.run(cfg, args, evaluator_pool=pool)
 
 
 def _resume_mismatch(cfg, workdir: str) -> str | None:
@@ -122,8 +118,8 @@ def _json_value(v) -> str:
 
 
 def _cmd_evaluate(args) -> int:
-  from evaluators import cli_evaluate  # pylint: disable=import-outside-toplevel
-  return cli_evaluate.main(args)
+  from infra import evaluate_cmd  # pylint: disable=import-outside-toplevel
+  return evaluate_cmd.main(args)
 
 
 def _cmd_prepare(args) -> int:
@@ -131,8 +127,7 @@ def _cmd_prepare(args) -> int:
   try:
     path = imagenet.prepare(args.manual_dir, args.data_dir)
   except (FileNotFoundError, ValueError, ImportError) as e:
-    print(f"lopt: error: {e}", file=sys.stderr)
-    return 2
+    raise UsageError(str(e)) from None
   print(f"imagenet2012 is ready in {path}; evaluate with `lopt evaluate "
         f"--suite imagenet --set data_dir={path}`")
   return 0
@@ -142,12 +137,10 @@ def _cmd_monitor(args) -> int:
   import time  # pylint: disable=import-outside-toplevel
   from evaluators import report  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(args.workdir):
-    print(f"lopt: error: workdir {args.workdir} does not exist: start "
-          f"`lopt train --workdir {args.workdir}` first", file=sys.stderr)
-    return 2
+    raise UsageError(f"workdir {args.workdir} does not exist: start "
+                     f"`lopt train --workdir {args.workdir}` first")
   if args.interval <= 0:
-    print("lopt: error: --interval must be > 0", file=sys.stderr)
-    return 2
+    raise UsageError("--interval must be > 0")
   try:
     while True:
       recs = report.load(args.workdir)
@@ -171,13 +164,12 @@ def _cmd_export(args) -> int:
       print(export_cmd.inspect(args.inspect))
       return 0
     if not args.workdir or not args.out:
-      raise export_cmd.ExportError("export needs --workdir W and --out "
-                                   "FILE.lopt (or --inspect FILE.lopt)")
+      raise UsageError("export needs --workdir W and --out FILE.lopt (or "
+                       "--inspect FILE.lopt)")
     meta = export_cmd.export_checkpoint(args.workdir, args.out, args.step,
                                         args.best)
   except (ValueError, FileNotFoundError) as e:
-    print(f"lopt: error: {e}", file=sys.stderr)
-    return 2
+    raise UsageError(str(e)) from None
   ev = meta["evaluation"]
   summary = ("no evaluation recorded" if ev is None else
              f"learned wins {ev['tasks_won']}/{ev['tasks']} tasks of suite "
@@ -189,152 +181,36 @@ def _cmd_export(args) -> int:
   return 0
 
 
-MONITOR_EXAMPLES = """examples:
-  lopt monitor --workdir runs/default
-  lopt monitor --workdir runs/default --html report.html
-  lopt monitor --workdir runs/default --html report.html --watch
-  tensorboard --logdir runs/default/tb        # live training curves
-"""
-
-EXPORT_EXAMPLES = """examples:
-  lopt export --workdir runs/default --out my.lopt             # newest
-  lopt export --workdir runs/default --best --out best.lopt    # best evaluated
-  lopt export --workdir runs/default --step 500 --out s500.lopt
-  lopt export --inspect best.lopt
-"""
-
-EVALUATE_EXAMPLES = """examples:
-  lopt evaluate --workdir runs/default                 # follow new checkpoints
-  lopt evaluate --workdir runs/default --once          # newest checkpoint, then exit
-  lopt evaluate --workdir runs/eval --lopt my.lopt     # an exported optimizer
-  lopt evaluate --workdir W --once --suite imagenet --set data_dir=~/tfds
-  lopt evaluate --workdir W --once --suite small --set steps=100 --set seeds=1
-"""
-
-
 def _cmd_launch(args) -> int:
   from infra import launch  # pylint: disable=import-outside-toplevel
   return launch.main(args)
 
 
-def build_parser(parser_class=argparse.ArgumentParser
-                 ) -> argparse.ArgumentParser:
-  """The ``lopt`` parser; ``parser_class`` also builds the subcommands'."""
-  p = parser_class(
-      prog="lopt",
-      description="Meta-train learned optimizers (hierarchical RNN, "
-      "Wichrowska et al. 2017) and ship them as optax transformations.")
-  p.add_argument("--version", action="version",
-                 version=f"lopt {metatrain.__version__}")
-  sub = p.add_subparsers(dest="command", metavar="COMMAND")
-  d = sub.add_parser("demo", help="train a small problem with the untrained "
-                     "HRNN and with Adam, and print both losses")
-  d.add_argument("--steps", type=int, default=300)
-  d.add_argument("--seed", type=int, default=0)
-  d.set_defaults(func=_cmd_demo)
+def _cmd_doctor(args) -> int:
+  del args
+  from infra import doctor  # pylint: disable=import-outside-toplevel
+  return doctor.main()
 
-  t = sub.add_parser("train", help="meta-train the HRNN optimizer")
-  t.add_argument("--workdir", default="runs/default",
-                 help="output dir: config.json, checkpoints/, tb/")
-  t.add_argument("--config", default="default",
-                 help="preset name (default, tiny, paper) or a JSON file")
-  t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                 help="override a config field, e.g. --set unroll.steps_mean=50")
-  t.add_argument("--address", default=None,
-                 help="Ray address; 'auto' joins a running cluster. "
-                 "Default: start a local Ray instance")
-  t.add_argument("--workers", type=int, default=None,
-                 help="unroll workers (default: as many as the Ray cluster "
-                 "fits, leaving a CPU for the learner); 0 runs everything in "
-                 "this process without Ray")
-  t.add_argument("--steps", type=int, default=None,
-                 help="meta-steps (default: the config's steps)")
-  t.add_argument("--dashboard", action="store_true",
-                 help="start the Ray dashboard (bound to 127.0.0.1)")
-  t.add_argument("--evaluators", type=int, default=None, metavar="N",
-                 help="also run N evaluator actors on the config's "
-                 "evaluator.suite (default suite: small); records in "
-                 "WORKDIR/eval/records.jsonl")
-  t.set_defaults(func=_cmd_train)
 
-  e = sub.add_parser(
-      "evaluate", help="evaluate checkpoints (or a .lopt file) against "
-      "tuned Adam, RMSProp and SGD-momentum",
-      epilog=EVALUATE_EXAMPLES,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  e.add_argument("--workdir", required=True,
-                 help="the training run's workdir; records go to "
-                 "WORKDIR/eval/records.jsonl, TensorBoard to WORKDIR/tb/eval")
-  e.add_argument("--suite", default="small",
-                 help="small (default), heldout, imagenet or retina")
-  mode = e.add_mutually_exclusive_group()
-  mode.add_argument("--follow", action="store_true",
-                    help="keep evaluating new checkpoints (the default)")
-  mode.add_argument("--once", action="store_true",
-                    help="evaluate the newest checkpoint, print the "
-                    "comparison and exit")
-  e.add_argument("--lopt", metavar="FILE",
-                 help="evaluate this exported optimizer instead of the "
-                 "workdir's checkpoints (implies --once)")
-  e.add_argument("--set", action="append", metavar="KEY=VALUE",
-                 help="override a suite field, e.g. --set steps=100")
-  e.add_argument("--poll", type=float, default=30.0, metavar="SECONDS",
-                 help="seconds between checkpoint polls with --follow")
-  e.add_argument("--shard", default="0/1", metavar="I/N",
-                 help="run every N-th unit starting at I (split a suite "
-                 "over N evaluators)")
-  e.set_defaults(func=_cmd_evaluate)
+COMMANDS = {"demo": _cmd_demo, "train": _cmd_train,
+            "evaluate": _cmd_evaluate, "monitor": _cmd_monitor,
+            "export": _cmd_export, "prepare": _cmd_prepare,
+            "launch": _cmd_launch, "tasks": _cmd_tasks,
+            "doctor": _cmd_doctor}
 
-  m = sub.add_parser(
-      "monitor", help="the evaluators' results: a terminal table (learned "
-      "vs tuned baselines per task, trend over checkpoints) and an HTML "
-      "report", epilog=MONITOR_EXAMPLES,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  m.add_argument("--workdir", required=True)
-  m.add_argument("--html", metavar="FILE",
-                 help="also write a self-contained HTML report with plots")
-  m.add_argument("--watch", action="store_true",
-                 help="refresh the table (and report) every --interval s")
-  m.add_argument("--interval", type=float, default=30.0)
-  m.set_defaults(func=_cmd_monitor)
 
-  x = sub.add_parser(
-      "export", help="write a checkpoint as a single .lopt optimizer file "
-      "(or --inspect one)", epilog=EXPORT_EXAMPLES,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  x.add_argument("--workdir")
-  pick = x.add_mutually_exclusive_group()
-  pick.add_argument("--step", type=int, help="this checkpoint step")
-  pick.add_argument("--best", action="store_true",
-                    help="the checkpoint with the best evaluator score")
-  x.add_argument("--out", metavar="FILE.lopt")
-  x.add_argument("--inspect", metavar="FILE.lopt",
-                 help="print a .lopt file's metadata and exit")
-  x.set_defaults(func=_cmd_export)
+class _Notes(logging.Handler):
+  """Prints library INFO notes (e.g. a missing HRNN kernel) to stderr."""
 
-  pr = sub.add_parser("prepare", help="prepare an evaluation dataset "
-                      "(imagenet2012 from your manual download)")
-  pr.add_argument("dataset", choices=["imagenet"])
-  pr.add_argument("--manual-dir", required=True,
-                  help="holds ILSVRC2012_img_train.tar and "
-                  "ILSVRC2012_img_val.tar")
-  pr.add_argument("--data-dir", default=None,
-                  help="TFDS data dir (default: $TFDS_DATA_DIR or "
-                  "~/tensorflow_datasets)")
-  pr.set_defaults(func=_cmd_prepare)
+  def emit(self, record):
+    print(f"lopt: note: {record.getMessage()}", file=sys.stderr, flush=True)
 
-  from infra import launch  # pylint: disable=import-outside-toplevel
-  launch.add_parser(sub).set_defaults(func=_cmd_launch)
 
-  k = sub.add_parser("tasks", help="list the meta-training task families")
-  k.add_argument("--no-mlps", action="store_true",
-                 help="the paper's text: no neural networks in the ensemble")
-  k.add_argument("--config", default="default",
-                 help="preset name or JSON file whose tasks.* settings to show")
-  k.add_argument("--set", action="append", metavar="KEY=VALUE",
-                 help="as for train, e.g. --set 'tasks.weights=[\"mlp=3\"]'")
-  k.set_defaults(func=_cmd_tasks)
-  return p
+def _show_notes() -> None:
+  log = logging.getLogger("metatrain.hrnn_kernel")
+  if not any(isinstance(h, _Notes) for h in log.handlers):
+    log.addHandler(_Notes())
+    log.setLevel(logging.INFO)
 
 
 def malloc_env(environ: dict[str, str]) -> dict[str, str] | None:
@@ -352,6 +228,7 @@ def malloc_env(environ: dict[str, str]) -> dict[str, str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+  """Runs ``lopt``; bad input (UsageError) is one line and exit code 2."""
   # glibc reads its tunables at process start: the command line's heavy
   # commands re-run themselves once with them set; Ray workers and
   # evaluators inherit them (metatrain/launcher.py passes them on).
@@ -363,10 +240,17 @@ def main(argv: list[str] | None = None) -> int:
                                *sys.argv[1:]], env)
   parser = build_parser()
   args = parser.parse_args(argv)
-  if not getattr(args, "func", None):
+  if not getattr(args, "command", None):
     parser.print_help()
     return 0
-  return int(args.func(args) or 0)
+  if args.command in _HEAVY:
+    _show_notes()
+  try:
+    return int(COMMANDS[args.command](args) or 0)
+  except UsageError as e:
+    print(f"lopt: error: {' '.join(str(e).split())}", file=sys.stderr,
+          flush=True)
+    return 2
 
 
 if __name__ == "__main__":

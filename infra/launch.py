@@ -17,7 +17,6 @@ file ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``. Errors are one line
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime
 import json
@@ -30,77 +29,19 @@ import sys
 import tempfile
 
 from infra import cluster_files
+from infra.parser import RaisingParser, UsageError, build_parser
 
-ACTIONS = ("train", "evaluate", "status", "logs", "stop", "list")
 PACKAGES = ("metatrain", "evaluators", "infra")
 EXCLUDES = ["__pycache__", "*.pyc", ".git", "runs/", "*.lopt"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
-EXAMPLES = """examples:
-  ray dashboard infra/clusters/gcp-tpu.yaml     # tunnel (leave it running)
-  lopt launch --cluster infra/clusters/gcp-tpu.yaml train \\
-      --workdir /mnt/runs/tpu --set worker.tpus=4
-  lopt launch --cluster infra/clusters/gcp-tpu.yaml \\
-      --entrypoint-resources '{"TPU": 4}' evaluate --workdir /mnt/runs/tpu \\
-      --suite imagenet --set data_dir=/mnt/tfds
-  lopt launch --cluster FILE train --config my.json   # my.json travels along
-  lopt launch list
-  lopt launch status lopt-train-20250101-120000-ab12
-  lopt launch logs lopt-train-20250101-120000-ab12 --follow
-  lopt launch stop lopt-train-20250101-120000-ab12
-  lopt launch --address http://127.0.0.1:8266 list   # another tunnel port
-
-Train jobs get `--address auto` (join the cluster) unless given. Use absolute
---workdir paths on storage every node sees. The Jobs API needs the cluster's
-token: ~/.ray/auth_token, or set RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN.
-"""
-
-
-class LaunchError(Exception):
+class LaunchError(UsageError):
   """A problem the user can fix; the message is one line."""
 
 
-class _RaisingParser(argparse.ArgumentParser):
-  """An ArgumentParser that raises instead of printing usage and exiting."""
-
-  def error(self, message):
-    raise LaunchError(message)
-
-
-def add_parser(sub) -> argparse.ArgumentParser:
-  """Adds ``lopt launch`` to the ``lopt`` subcommands."""
-  p = sub.add_parser(
-      "launch", help="run train/evaluate as Ray jobs on a cluster (Jobs API)",
-      description="Submit `lopt train` or `lopt evaluate` to a Ray cluster "
-      "through Ray's Jobs API, and follow, list or stop the jobs.",
-      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--cluster", metavar="FILE",
-                 help="cluster file (infra/clusters/*.yaml): validated, and "
-                 "gives the dashboard port and how to open the tunnel; "
-                 "required to submit")
-  p.add_argument("--address", metavar="URL",
-                 help="Jobs API address (default: http://127.0.0.1:PORT, "
-                 "the tunnel to the cluster file's dashboard port, 8265)")
-  p.add_argument("--entrypoint-resources", metavar="JSON",
-                 help='Ray resources for the job\'s driver, e.g. '
-                 '\'{"TPU": 4}\' to run it on a TPU host')
-  p.add_argument("--entrypoint-num-cpus", type=float, default=None,
-                 metavar="N", help="CPUs reserved for the job's driver")
-  p.add_argument("action", choices=ACTIONS, metavar="ACTION",
-                 help="train or evaluate [ARGS of lopt train/evaluate]; "
-                 "status JOB_ID; logs JOB_ID [--follow]; stop JOB_ID; list")
-  p.add_argument("rest", nargs=argparse.REMAINDER, metavar="ARGS")
-  return p
-
-
 def main(args) -> int:
-  """Runs ``lopt launch``; returns the exit code."""
-  try:
-    return _run(args)
-  except LaunchError as e:
-    msg = " ".join(str(e).split())
-    print(f"lopt: error: {msg}", file=sys.stderr)
-    return 2
+  """Runs ``lopt launch``; returns the exit code (bad input: LaunchError)."""
+  return _run(args)
 
 
 def _run(args) -> int:
@@ -109,7 +50,7 @@ def _run(args) -> int:
       raise LaunchError(f"launch {args.action} needs --cluster FILE (one of "
                         "infra/clusters/*.yaml, or your own)")
     return _submit(args, _cluster(args.cluster))
-  p = _RaisingParser(prog=f"lopt launch {args.action}")
+  p = RaisingParser(prog=f"lopt launch {args.action}")
   if args.action != "list":
     p.add_argument("job_id")
   if args.action == "logs":
@@ -118,7 +59,7 @@ def _run(args) -> int:
   p.add_argument("--cluster", default=args.cluster)
   try:
     sub = p.parse_args(args.rest)
-  except LaunchError as e:
+  except UsageError as e:
     raise LaunchError(f"launch {args.action}: {e}") from None
   cluster = _cluster(sub.cluster) if sub.cluster else None
   client = _connect(_address(sub.address, cluster), cluster)
@@ -285,11 +226,10 @@ def _option(args: list[str], name: str) -> int | None:
 
 def _validate(action: str, rest: list[str]):
   """Parses the job's arguments as ``lopt ACTION`` would, here."""
-  from infra import cli  # pylint: disable=import-outside-toplevel
-  parser = cli.build_parser(parser_class=_RaisingParser)
+  parser = build_parser(parser_class=RaisingParser)
   try:
     parsed = parser.parse_args([action, *rest])
-  except LaunchError as e:
+  except UsageError as e:
     raise LaunchError(f"{action}: {e}") from None
   try:
     if action == "train":

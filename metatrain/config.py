@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import typing
 from typing import Any
 
 from metatrain.hrnn_config import HRNNConfig
+from metatrain.structs import from_dict
 from metatrain.unroll import UnrollConfig
 
 
@@ -233,53 +233,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-  """Checks/coerces a JSON-ish value to a dataclass field's type."""
-  if dataclasses.is_dataclass(typ):
-    if isinstance(value, typ):
-      return value
-    if not isinstance(value, dict):
-      raise ValueError(f"{where} must be a mapping")
-    return from_dict(typ, value, where)
-  if typ is bool:
-    if isinstance(value, bool):
-      return value
-    raise ValueError(f"{where} must be true/false, got {value!r}")
-  if typ is int:
-    if isinstance(value, int) and not isinstance(value, bool):
-      return value
-    raise ValueError(f"{where} must be an integer, got {value!r}")
-  if typ is float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-      return float(value)
-    raise ValueError(f"{where} must be a number, got {value!r}")
-  if typ is str:
-    if isinstance(value, str):
-      return value
-    raise ValueError(f"{where} must be a string, got {value!r}")
-  if typing.get_origin(typ) is tuple:
-    if isinstance(value, (list, tuple)):
-      args = typing.get_args(typ)
-      return tuple(_coerce(v, args[0], where) for v in value)
-    raise ValueError(f"{where} must be a list, got {value!r}")
-  return value
-
-
-def from_dict(cls, d: dict[str, Any], where: str = "config"):
-  """Builds dataclass ``cls`` from a dict; unknown keys raise ValueError."""
-  hints = typing.get_type_hints(cls)
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(d) - names)
-  if unknown:
-    raise ValueError(f"unknown config key {where}.{unknown[0]} (valid: "
-                     f"{', '.join(sorted(names))})")
-  kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in d.items()}
-  try:
-    return cls(**kwargs)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"{where}: {e}") from None
-
-
 def to_dict(cfg) -> dict[str, Any]:
   return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
@@ -322,8 +275,10 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> None:
 def load(name_or_path: str = "default", overrides: list[str] = ()
          ) -> TrainConfig:
   """Resolves a preset name or JSON path plus ``--set`` overrides."""
+  # A preset or file gives only the fields it changes: the rest are today's
+  # defaults (never the legacy defaults of stored configs, see structs).
   if name_or_path in PRESETS:
-    d = to_dict(from_dict(TrainConfig, PRESETS[name_or_path]))
+    d = _merge(to_dict(TrainConfig()), PRESETS[name_or_path])
   elif os.path.exists(name_or_path):
     try:
       with open(name_or_path) as f:

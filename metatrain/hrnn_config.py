@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from metatrain import structs
+
 
 @dataclasses.dataclass(frozen=True)
 class HRNNConfig:
@@ -136,33 +138,22 @@ class HRNNConfig:
     return d
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "HRNNConfig":
-    """Builds a config, raising ValueError on unknown or mistyped fields."""
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-      raise ValueError(f"unknown HRNNConfig field(s): {', '.join(unknown)}")
-    # Configs written before the nominal-Adam start existed describe the
-    # paper's optimizer: files and checkpoints keep their behaviour.
-    d = {"nominal_adam": False, "lr_correction_range": 0.0, **d}
-    kwargs = {}
-    for k, v in d.items():
-      default = getattr(cls, k) if hasattr(cls, k) else None
-      if isinstance(default, bool):
-        if not isinstance(v, bool):
-          raise ValueError(f"HRNNConfig.{k} must be a bool, got {v!r}")
-      elif isinstance(default, int):
-        if isinstance(v, bool) or not isinstance(v, int):
-          raise ValueError(f"HRNNConfig.{k} must be an int, got {v!r}")
-      elif isinstance(default, float):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-          raise ValueError(f"HRNNConfig.{k} must be a number, got {v!r}")
-        v = float(v)
-      elif isinstance(default, tuple):
-        if not isinstance(v, (list, tuple)):
-          raise ValueError(f"HRNNConfig.{k} must be a list, got {v!r}")
-      kwargs[k] = v
-    return cls(**kwargs)
+  def from_dict(cls, d: dict[str, Any], where: str = "hrnn") -> "HRNNConfig":
+    """Builds a config from a stored dict (a checkpoint's, a ``.lopt``
+    file's, a ``config.json``); ValueError on unknown or mistyped fields.
+
+    Fields the dict lacks take ``LEGACY_DEFAULTS`` where the field is newer
+    than the oldest files, else the class default. This is the only place
+    legacy defaults are applied; ``TrainConfig``'s loader reads its ``hrnn``
+    part through here.
+    """
+    return structs.from_dict(cls, {**LEGACY_DEFAULTS, **d}, where)
+
+
+# Configs written before these fields existed describe the paper's start,
+# so files and checkpoints keep their behaviour when read today.
+LEGACY_DEFAULTS: dict[str, Any] = {"nominal_adam": False,
+                                   "lr_correction_range": 0.0}
 
 
 def lr_head(cfg: HRNNConfig, theta: dict[str, Any]) -> tuple[Any, Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import json
 import logging
 import os
 import warnings
@@ -48,6 +49,12 @@ _state: dict = {}  # "ok": bool, "error": str, "path": str
 _warned: set = set()
 
 
+_BUILD_RECORD = "_hrnn_param_pass.build.json"  # written by setup.py
+FIX = ("install GCC >= 9 or Clang >= 14 and reinstall (`pip install -e .`); "
+       "without it lopt runs the pure-JAX update, which gives the same "
+       "results more slowly")
+
+
 def library_path() -> str | None:
   """The built kernel library (``$LOPT_HRNN_KERNEL`` overrides), or None."""
   env = os.environ.get("LOPT_HRNN_KERNEL")
@@ -58,14 +65,34 @@ def library_path() -> str | None:
   return found[0] if found else None
 
 
+def build_record() -> dict | None:
+  """What the install's build step recorded (built, compiler, error)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      _BUILD_RECORD)
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    return record if isinstance(record, dict) else None
+  except (OSError, ValueError):
+    return None
+
+
+def _missing_reason() -> str:
+  record = build_record() or {}
+  if record.get("built") is False:
+    return (f"its build failed at install with {record.get('compiler')}: "
+            f"{record.get('error')}")
+  return ("metatrain/_hrnn_param_pass*.so is not built (this install did "
+          "not build extensions)")
+
+
 def _load() -> bool:
   if "ok" in _state:
     return _state["ok"]
   path = library_path()
   try:
     if path is None:
-      raise OSError("metatrain/_hrnn_param_pass*.so is not built (reinstall "
-                    "with `pip install -e .` where a C++17 compiler exists)")
+      raise OSError(_missing_reason())
     lib = ctypes.cdll.LoadLibrary(path)
     lib.LoptHrnnIsa.restype = ctypes.c_int64
     lib.LoptHrnnIsa.argtypes = [ctypes.c_int64]
@@ -137,6 +164,28 @@ def unavailable_reason() -> str | None:
   return None if _load() else _state["error"]
 
 
+def status() -> dict:
+  """The kernel's state here: available, isa, library, compiler, reason."""
+  ok = _load()
+  record = build_record() or {}
+  compiler = record.get("compiler") if record.get("built") else None
+  if os.environ.get("LOPT_HRNN_KERNEL"):
+    compiler = None  # another build than the install's
+  return {"available": ok, "isa": isa() if ok else None,
+          "library": _state.get("path"), "compiler": compiler,
+          "reason": None if ok else _state["error"]}
+
+
+def status_line() -> str:
+  """One line for ``lopt --version`` and ``lopt doctor``."""
+  s = status()
+  if not s["available"]:
+    return f"HRNN CPU kernel: unavailable ({s['reason']}); {FIX}"
+  built = f", built with {s['compiler']}" if s["compiler"] else ""
+  return (f"HRNN CPU kernel: available, instruction set {s['isa']} "
+          f"({s['library']}{built})")
+
+
 def unsupported_reason(cfg, theta, state) -> str | None:
   """Why this (config, theta, state) cannot use the kernel, or None."""
   if cfg.use_attention:
@@ -167,7 +216,8 @@ def should_use(cfg, theta, state, kernel: bool | None) -> bool:
   """Resolves ``hrnn.update``'s ``kernel`` argument (None: auto).
 
   With ``kernel=True`` a reason not to use it is warned about (once per
-  reason); in auto mode it is logged at debug level.
+  reason). In auto mode a missing kernel is logged once at INFO, with the
+  reason and the fix, and a config or backend it does not cover at DEBUG.
   """
   if kernel is False:
     return False
@@ -179,7 +229,10 @@ def should_use(cfg, theta, state, kernel: bool | None) -> bool:
                "pure-JAX update")
   elif why not in _warned:
     _warned.add(why)
-    _log.debug("HRNN kernel not used: %s", why)
+    if why == unavailable_reason():  # this install has no kernel: say so
+      _log.info("HRNN CPU kernel unavailable (%s); %s", why, FIX)
+    else:  # a config or backend the kernel does not cover
+      _log.debug("HRNN kernel not used: %s", why)
   return False
 
 

@@ -135,8 +135,13 @@ class _TB:
     self.w.close()
 
 
-def run(cfg: TrainConfig, args) -> int:
-  """Runs distributed meta-training; returns a process exit code."""
+def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
+  """Runs distributed meta-training; returns a process exit code.
+
+  ``evaluator_pool``: the class that runs ``cfg.evaluator.count``
+  evaluator actors beside training (``evaluators.actor.EvaluatorPool``,
+  passed in by the command line: evaluators is a layer above this one).
+  """
   import ray  # pylint: disable=import-outside-toplevel
   workdir = args.workdir
   steps_target = args.steps if args.steps is not None else cfg.steps
@@ -194,8 +199,10 @@ def run(cfg: TrainConfig, args) -> int:
   record_session(workdir, start_step)
   evals = None
   if cfg.evaluator.count:
-    from evaluators.actor import EvaluatorPool  # pylint: disable=import-outside-toplevel
-    evals = EvaluatorPool(workdir, cfg.evaluator.suite,
+    if evaluator_pool is None:
+      raise ValueError("evaluator.count > 0 needs an evaluator_pool class "
+                       "(lopt train passes evaluators.actor.EvaluatorPool)")
+    evals = evaluator_pool(workdir, cfg.evaluator.suite,
                           list(cfg.evaluator.suite_overrides),
                           cfg.evaluator.count,
                           num_cpus=cfg.evaluator.num_cpus,

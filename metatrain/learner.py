@@ -102,6 +102,34 @@ class GradientAggregator:
     return mean, metrics
 
 
+class RayCalls:
+  """The Ray calls a ``WorkerPool`` makes; tests pass a fake with the same
+  methods (and the same exception types) to drive it with a fake clock."""
+
+  def __init__(self):
+    import ray  # pylint: disable=import-outside-toplevel
+    self.ray = ray
+    self.lost = (ray.exceptions.RayActorError,
+                 ray.exceptions.ActorUnavailableError)  # actor down
+    self.raised = ray.exceptions.RayTaskError  # compute() raised
+
+  def submit(self, actor, theta_ref, step: int):
+    return actor.compute.remote(theta_ref, step)
+
+  def wait(self, refs: list, timeout: float) -> list:
+    ready, _ = self.ray.wait(refs, num_returns=1, timeout=timeout)
+    return ready
+
+  def get(self, ref):
+    return self.ray.get(ref)
+
+  def kill(self, actor) -> None:
+    self.ray.kill(actor, no_restart=False)
+
+  def cancel(self, ref) -> None:
+    self.ray.cancel(ref, force=False)
+
+
 class WorkerPool:
   """Keeps one ``compute`` call in flight per worker; detects lost workers.
 
@@ -111,14 +139,17 @@ class WorkerPool:
   pending longer than ``call_timeout_s`` is a stalled worker: the actor is
   killed so that Ray restarts it, and ``worker_timeouts`` counts it. A worker
   that went down more than ``max_failures`` times, or stayed down for
-  ``down_limit_s``, is dropped.
+  ``down_limit_s``, is dropped. ``clock``, ``sleep`` and ``calls`` (the
+  Ray calls, ``RayCalls``) are injectable.
   """
 
   def __init__(self, workers: list, counters: AggregatorCounters, *,
                call_timeout_s: float = 0.0, max_failures: int = 0,
                down_limit_s: float = 300.0, max_errors_in_row: int = 20,
-               clock=time.monotonic):
+               clock=time.monotonic, sleep=time.sleep, calls=None):
     self.workers, self.counters, self.clock = workers, counters, clock
+    self.sleep = sleep
+    self.calls = calls if calls is not None else RayCalls()
     self.call_timeout_s, self.max_failures = call_timeout_s, max_failures
     self.down_limit_s = down_limit_s
     self.max_errors_in_row = max_errors_in_row
@@ -131,35 +162,33 @@ class WorkerPool:
     self.retries = collections.Counter()  # failed calls in this down spell
 
   def submit(self, wid: int, theta_ref, step: int) -> None:
-    ref = self.workers[wid].compute.remote(theta_ref, step)
+    ref = self.calls.submit(self.workers[wid], theta_ref, step)
     self.pending[ref] = (wid, self.clock())
 
   def wait(self, timeout: float) -> list[tuple[int, Any]]:
     """Returns [(worker id, MetaGrad)] of the calls that finished."""
-    import ray  # pylint: disable=import-outside-toplevel
     if not self.pending and not self.retry_at and not self.errored:
       raise RuntimeError(
           f"learner: all {len(self.workers)} workers are gone (each went "
           f"down more than {self.max_failures} times or stayed down "
           f"{self.down_limit_s:g}s); see the worker logs above")
     if not self.pending:
-      time.sleep(min(timeout, 0.5))
+      self.sleep(min(timeout, 0.5))
       return []
-    ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+    ready = self.calls.wait(list(self.pending), timeout)
     out = []
     for ref in ready:
       wid, _ = self.pending.pop(ref)
       try:
-        out.append((wid, ray.get(ref)))
+        out.append((wid, self.calls.get(ref)))
         if wid in self.down_since:
           print(f"learner: worker {wid} is back after "
                 f"{self.clock() - self.down_since.pop(wid):.0f}s", flush=True)
         self.retries.pop(wid, None)
         self.errors_in_row.pop(wid, None)
-      except (ray.exceptions.RayActorError,
-              ray.exceptions.ActorUnavailableError) as e:
+      except self.calls.lost as e:
         self._failed(wid, e)
-      except ray.exceptions.RayTaskError as e:
+      except self.calls.raised as e:
         self._raised(wid, e)
     self._check_timeouts()
     return out
@@ -176,9 +205,8 @@ class WorkerPool:
         self.submit(wid, theta_ref, step)
 
   def cancel(self) -> None:
-    import ray  # pylint: disable=import-outside-toplevel
     for ref in self.pending:
-      ray.cancel(ref, force=False)
+      self.calls.cancel(ref)
 
   def _failed(self, wid: int, err: Exception) -> None:
     now = self.clock()
@@ -210,7 +238,6 @@ class WorkerPool:
     self.errored.append(wid)
 
   def _check_timeouts(self) -> None:
-    import ray  # pylint: disable=import-outside-toplevel
     if not self.call_timeout_s:
       return
     now = self.clock()
@@ -220,7 +247,7 @@ class WorkerPool:
         print(f"learner: worker {wid} has not answered in {now - t_sub:.0f}s "
               f"(worker.call_timeout_s={self.call_timeout_s:g}); killing it "
               "so that Ray restarts it", flush=True)
-        ray.kill(self.workers[wid], no_restart=False)
+        self.calls.kill(self.workers[wid])
         self.pending[ref] = (wid, float("inf"))
 
 

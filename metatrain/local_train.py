@@ -81,11 +81,12 @@ def format_progress(m: dict[str, float], counters: dict[str, int],
 
 
 def trainer_watchdog(trainer: "MetaTrainer", seconds: float,
-                     log: Callable[[str], None]) -> StallWatchdog:
-  """A StallWatchdog over a MetaTrainer's meta-steps."""
+                     log: Callable[[str], None], **kwargs) -> StallWatchdog:
+  """A StallWatchdog over a MetaTrainer's meta-steps (``kwargs``: its
+  ``clock``, ``exit`` and ``thread``)."""
   return StallWatchdog(
       seconds, lambda: (f"meta-step {trainer.step + 1} on group (index, "
-                        f"config, age) {trainer.running}"), log)
+                        f"config, age) {trainer.running}"), log, **kwargs)
 
 
 def train(cfg: TrainConfig, steps: int | None = None,

@@ -167,28 +167,44 @@ class StallWatchdog:
   ends the process: a Ray worker is then restarted by Ray, and a
   single-process run can be rerun. Call ``beat()`` when a unit starts and
   ends, ``stop()`` when the work is over.
+
+  ``clock`` and ``exit`` are injectable, and ``thread=False`` starts no
+  thread, so that tests drive ``check()`` by hand.
   """
 
   def __init__(self, seconds: float, describe: Callable[[], str],
-               log: Callable[[str], None]):
+               log: Callable[[str], None], *,
+               clock: Callable[[], float] = time.monotonic,
+               exit: Callable[[int], Any] = os._exit,  # pylint: disable=redefined-builtin,protected-access
+               thread: bool = True):
     self.seconds, self.describe, self.log = seconds, describe, log
-    self.last = time.monotonic()
-    if seconds > 0:
+    self.clock, self.exit = clock, exit
+    self.last = clock()
+    if seconds > 0 and thread:
       threading.Thread(target=self._watch, daemon=True).start()
 
   def beat(self) -> None:
-    self.last = time.monotonic()
+    self.last = self.clock()
 
   def stop(self) -> None:
     self.last = float("inf")
 
+  def check(self) -> bool:
+    """Ends the process if the current unit is over the limit; returns
+    whether it tried (an injected ``exit`` may return)."""
+    if self.seconds <= 0:
+      return False
+    waited = self.clock() - self.last
+    if waited <= self.seconds:
+      return False
+    self.log(f"STALLED: {self.describe()} has run {waited:.0f}s (limit "
+             f"{self.seconds:g}s); compiled programs {programs.stats()}. "
+             "This is the XLA:CPU stall in docs/architecture.md; the "
+             "process exits with code 3.")
+    self.exit(3)
+    return True
+
   def _watch(self) -> None:
     while True:
       time.sleep(min(5.0, self.seconds / 4))
-      waited = time.monotonic() - self.last
-      if waited > self.seconds:
-        self.log(f"STALLED: {self.describe()} has run {waited:.0f}s (limit "
-                 f"{self.seconds:g}s); compiled programs {programs.stats()}. "
-                 "This is the XLA:CPU stall in docs/architecture.md; the "
-                 "process exits with code 3.")
-        os._exit(3)  # pylint: disable=protected-access
+      self.check()

@@ -95,8 +95,13 @@ struct Piece {
 // One copy of the pass per instruction set (hrnn_simd.inc), each with
 // vectors of one register's width: wider types on a narrower set make GCC
 // split and partly scalarize the code (7x slower on AVX2). Each copy is
-// compiled for its set (`#pragma GCC target`), so the library itself needs
-// no -march and stays portable; `pick` chooses at run time.
+// compiled for its set by a function-level target attribute over its whole
+// region, so the library itself needs no -march and stays portable; `pick`
+// chooses at run time. The attribute is spelled per compiler: Clang ignores
+// `#pragma GCC target` and needs `#pragma clang attribute`, and GCC before 11
+// does not know the `arch=x86-64-v3` names, so the sets are listed as
+// features (x86-64-v3 and v4 as the psABI defines them), which GCC >= 9 and
+// Clang >= 14 both accept.
 
 #define LOPT_VEC_TYPES(W)                                       \
   constexpr int kW = W;                                         \
@@ -118,11 +123,18 @@ INL vf rsqrt_guess(vf x) { return (vf)(0x5f3759df - ((vi)x >> 1)); }
 #include "hrnn_simd.inc"
 }  // namespace base
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define LOPT_X86 1
 
+// x86-64-v3 and x86-64-v4 (the psABI levels) as feature lists, written out
+// in each pragma (GCC's takes no macros).
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target( \
+    "avx,avx2,bmi,bmi2,f16c,fma,lzcnt,movbe,popcnt,sse3,ssse3,sse4.1,sse4.2,xsave"))), apply_to = function)
+#else
 #pragma GCC push_options
-#pragma GCC target("arch=x86-64-v3")
+#pragma GCC target("avx,avx2,bmi,bmi2,f16c,fma,lzcnt,movbe,popcnt,sse3,ssse3,sse4.1,sse4.2,xsave")
+#endif
 namespace avx2 {
 LOPT_VEC_TYPES(8)
 constexpr int kRcpSteps = 1;
@@ -130,10 +142,15 @@ INL vf rcp_guess(vf x) { return (vf)_mm256_rcp_ps((__m256)x); }
 INL vf rsqrt_guess(vf x) { return (vf)_mm256_rsqrt_ps((__m256)x); }
 #include "hrnn_simd.inc"
 }  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target( \
+    "avx,avx2,bmi,bmi2,f16c,fma,lzcnt,movbe,popcnt,sse3,ssse3,sse4.1,sse4.2,xsave,avx512f,avx512bw,avx512cd,avx512dq,avx512vl"))), apply_to = function)
+#else
 #pragma GCC pop_options
-
 #pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4")
+#pragma GCC target("avx,avx2,bmi,bmi2,f16c,fma,lzcnt,movbe,popcnt,sse3,ssse3,sse4.1,sse4.2,xsave,avx512f,avx512bw,avx512cd,avx512dq,avx512vl")
+#endif
 namespace avx512 {
 LOPT_VEC_TYPES(16)
 constexpr int kRcpSteps = 1;  // vrcp14ps, vrsqrt14ps: 14 bits
@@ -145,7 +162,11 @@ INL vf rsqrt_guess(vf x) {
 }
 #include "hrnn_simd.inc"
 }  // namespace avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 #endif
 
 // Instruction sets (the `isa` attribute; 0 picks the best this CPU has).

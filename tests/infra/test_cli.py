@@ -16,6 +16,14 @@ def _lopt(*args, cwd=None):
                         capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+def _one_line_error(capsys, *argv):
+  """Runs ``lopt ARGV`` in this process: exit code 2 and one stderr line."""
+  assert cli.main([str(a) for a in argv]) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("lopt: error: "), lines
+  return lines[0]
+
+
 @pytest.mark.parametrize("override,needle", [
     ("unroll.no_such_key=3", "unroll.no_such_key"),
     ("nope=1", "nope"),
@@ -23,17 +31,41 @@ def _lopt(*args, cwd=None):
     ("tasks.include_mlps=3", "tasks.include_mlps"),
     ("meta_opt.name=sgd", "meta_opt.name"),
 ])
-def test_bad_set_exits_2_with_one_line_error(override, needle, tmp_path):
-  out = _lopt("train", "--workdir", str(tmp_path / "w"), "--set", override)
-  assert out.returncode == 2
-  lines = out.stderr.strip().splitlines()
-  assert len(lines) == 1 and needle in lines[0] and "error" in lines[0]
+def test_bad_set_exits_2_with_one_line_error(override, needle, tmp_path,
+                                             capsys):
+  line = _one_line_error(capsys, "train", "--workdir", tmp_path / "w",
+                         "--set", override)
+  assert needle in line
   assert not (tmp_path / "w").exists()
 
 
-def test_unknown_preset_exits_2(tmp_path):
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--steps", "0"], "--steps must be >= 1"),
+    (["train", "--workers", "-1"], "--workers must be >= 0"),
+    (["train", "--evaluators", "-1"], "--evaluators must be >= 0"),
+    (["train", "--workers", "0", "--evaluators", "1"],
+     "--evaluators needs Ray workers"),
+    (["train", "--evaluators", "1", "--set",
+      'evaluator.suite_overrides=["bogus=1"]'], "evaluator: "),
+    (["tasks", "--set", 'tasks.weights=["mlp=x"]'], "family=weight"),
+    (["monitor", "--workdir", "MISSING"], "does not exist"),
+    (["monitor", "--workdir", ".", "--interval", "0"],
+     "--interval must be > 0"),
+    (["export", "--workdir", "."], "export needs --workdir W and --out"),
+])
+def test_usage_errors_are_one_line_and_exit_2(argv, needle, tmp_path,
+                                             capsys):
+  argv = [str(tmp_path / "missing") if a == "MISSING" else a for a in argv]
+  if argv[0] == "train":
+    argv += ["--workdir", str(tmp_path / "w")]
+  assert needle in _one_line_error(capsys, *argv)
+
+
+def test_a_real_process_exits_2_with_one_line_for_an_unknown_preset(tmp_path):
   out = _lopt("train", "--workdir", str(tmp_path), "--config", "nope")
-  assert out.returncode == 2 and "unknown config" in out.stderr
+  assert out.returncode == 2
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and "unknown config 'nope'" in lines[0], lines
 
 
 def test_overrides_are_typed_and_json_file_configs_load(tmp_path):
@@ -65,18 +97,19 @@ def test_tasks_lists_families(capsys):
   out = capsys.readouterr().out
   assert "\nfn2d " not in out
   assert re.search(r"^mlp\s+25\.5%", out, re.M), out
-  with pytest.raises(SystemExit) as e:
-    cli.main(["tasks", "--set", 'tasks.weights=["mlp=x"]'])
-  assert e.value.code == 2
-  assert "family=weight" in capsys.readouterr().err
 
 
 def test_train_workers_0_writes_config_and_progress(tmp_path, capsys):
   rc = cli.main(["train", "--workers", "0", "--config", "tiny", "--workdir",
-                 str(tmp_path), "--steps", "5", "--set", "log_every=1"])
+                 str(tmp_path), "--steps", "5", "--set", "log_every=1",
+                 "--set", "tasks.num_groups=1", "--set", "unroll.min_steps=5",
+                 "--set", "unroll.max_steps=5"])
   assert rc == 0
   saved = json.loads((tmp_path / "config.json").read_text())
-  assert saved["unroll"]["max_steps"] == 20 and saved["steps"] == 20
+  assert saved == config_lib.to_dict(config_lib.load("tiny", [
+      "log_every=1", "tasks.num_groups=1", "unroll.min_steps=5",
+      "unroll.max_steps=5"]))
+  assert saved["unroll"]["max_steps"] == 5 and saved["steps"] == 20
   err = capsys.readouterr().err
   assert "step     5/5" in err and "task-steps/s" in err
 

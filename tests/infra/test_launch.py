@@ -33,7 +33,7 @@ import pytest
 import requests
 import yaml
 
-from infra import cluster_files, launch
+from infra import cli, cluster_files, launch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLUSTERS = ROOT / "infra" / "clusters"
@@ -51,6 +51,15 @@ def _one_line_error(out, needle):
   assert out.returncode == 2, (out.stdout, out.stderr)
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("lopt: error: "), out.stderr
+  assert needle in lines[0], lines[0]
+  return lines[0]
+
+
+def _cli_error(capsys, needle, *args):
+  """``lopt ARGS`` in this process: exit code 2 and one line naming it."""
+  assert cli.main([str(a) for a in args]) == 2, args
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("lopt: error: "), lines
   assert needle in lines[0], lines[0]
   return lines[0]
 
@@ -167,36 +176,39 @@ def test_the_crd_checks_catch_missing_fields():
     (lambda c: c.__setitem__("bogus_key", 1), "bogus_key"),
 ])
 def test_launch_refuses_exposed_or_invalid_cluster_files(edit, needle,
-                                                         tmp_path):
+                                                         tmp_path, capsys):
   config = yaml.safe_load((CLUSTERS / "gcp-tpu.yaml").read_text())
   edit(config)
   path = tmp_path / "c.yaml"
   path.write_text(yaml.safe_dump(config))
-  out = _lopt("launch", "--cluster", str(path), "train", "--workdir", "/w")
-  _one_line_error(out, needle)
+  _cli_error(capsys, needle, "launch", "--cluster", path, "train",
+             "--workdir", "/w")
 
 
-def test_bad_input_exits_2_with_one_line(tmp_path):
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
   port = _free_port()
-  out = _lopt("launch", "--cluster", str(CLUSTERS / "gcp-tpu.yaml"),
-              "--address", f"http://127.0.0.1:{port}", "list")
-  line = _one_line_error(out, f"cannot reach the Ray Jobs API at "
-                         f"http://127.0.0.1:{port}")
+  line = _cli_error(capsys, f"cannot reach the Ray Jobs API at "
+                    f"http://127.0.0.1:{port}", "launch", "--cluster",
+                    CLUSTERS / "gcp-tpu.yaml", "--address",
+                    f"http://127.0.0.1:{port}", "list")
   assert "ray up" in line and "ray dashboard" in line
-  out = _lopt("launch", "--cluster", str(CLUSTERS / "kuberay" /
-                                         "raycluster-gpu.yaml"),
-              "--address", f"127.0.0.1:{port}", "status", "x")
-  assert "kubectl port-forward svc/lopt-gpu-head-svc 8265:8265" in \
-      _one_line_error(out, "cannot reach")
-  _one_line_error(_lopt("launch", "--cluster", str(tmp_path / "no.yaml"),
-                        "train"), "does not exist")
+  line = _cli_error(capsys, "cannot reach", "launch", "--cluster",
+                    CLUSTERS / "kuberay" / "raycluster-gpu.yaml", "--address",
+                    f"127.0.0.1:{port}", "status", "x")
+  assert "kubectl port-forward svc/lopt-gpu-head-svc 8265:8265" in line
+  _cli_error(capsys, "does not exist", "launch", "--cluster",
+             tmp_path / "no.yaml", "train")
+  _cli_error(capsys, "needs --cluster FILE", "launch", "train", "--workdir",
+             "/w")
+  _cli_error(capsys, "bogus", "launch", "--cluster", CLUSTERS / "local.yaml",
+             "train", "--set", "bogus=1")
+  _cli_error(capsys, "no RayCluster", "launch", "--cluster",
+             CLUSTERS / "kuberay" / "rayjob-tpu.yaml", "list")
+  _cli_error(capsys, "launch logs: ", "launch", "--cluster",
+             CLUSTERS / "local.yaml", "logs")  # no job id
+  # And as a real process: the exit code and the one line on stderr.
   _one_line_error(_lopt("launch", "train", "--workdir", "/w"),
                   "needs --cluster FILE")
-  _one_line_error(_lopt("launch", "--cluster", str(CLUSTERS / "local.yaml"),
-                        "train", "--set", "bogus=1"), "bogus")
-  _one_line_error(_lopt("launch", "--cluster", str(CLUSTERS / "kuberay" /
-                                                   "rayjob-tpu.yaml"),
-                        "list"), "no RayCluster")
 
 
 def test_job_arguments_ship_local_files_and_join_the_cluster(tmp_path):
@@ -427,8 +439,12 @@ def test_train_and_evaluate_jobs_on_a_three_node_cluster(ray_cluster,
 
   records = [json.loads(line) for line in
              open(os.path.join(wd, "eval", "records.jsonl"))]
-  learned = [r for r in records if r["source"] == "step:2"]
-  assert learned and {r["optimizer"] for r in records} >= {"adam"}
+  final = [r for r in records if r["source"] == "step:2"]
+  # The job evaluated the trained checkpoint: learned and its tuned Adam.
+  assert {(r["optimizer"], r["hparams"].get("learning_rate")) for r in final
+          } == {("learned", None), ("adam", 0.01)}
+  assert all(r["task"] == "digits_mlp" and r["steps_done"] == 10 and
+             r["final_loss"] is not None for r in final)
 
   # Bad input against the live cluster: one line, exit code 2.
   _one_line_error(_lopt(*base, "status", "no-such-job", env=env),

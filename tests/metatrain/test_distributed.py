@@ -1,7 +1,10 @@
-"""Ray meta-training end to end: a real local Ray instance per run.
+"""Ray meta-training end to end, on the session's real local Ray instance.
 
-Each test runs ``lopt train`` as a subprocess, as a user would. CI runs the
-suite inside a loopback-only network namespace, so Ray binds to 127.0.0.1.
+Each test runs ``lopt train --address ADDR`` as a subprocess, as a user
+joining a cluster would (``lopt train`` starting its own instance is
+covered by test_workflow.py). CI runs the suite inside a loopback-only
+network namespace, so Ray binds to 127.0.0.1. A frozen worker is covered by
+test_learner_errors.py (real Ray) and test_learner_pool.py (its rules).
 """
 
 import json
@@ -47,12 +50,18 @@ def _end_runs():
         proc.wait()
 
 
-def _start(workdir, *args):
+@pytest.fixture(name="address")
+def _address(ray_session):
+  return ray_session
+
+
+def _start(workdir, address, *args):
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   log = open(workdir.parent / f"{workdir.name}.log", "a")
   proc = subprocess.Popen(
       [sys.executable, "-m", "infra.cli", "train", "--workdir", str(workdir),
-       *FAST, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+       "--address", address, *FAST, *args], stdout=log,
+      stderr=subprocess.STDOUT, cwd=ROOT, env=env)
   _RUNNING.append(proc)
   return proc, workdir.parent / f"{workdir.name}.log"
 
@@ -76,9 +85,9 @@ def _finish(proc, timeout=400):
     raise
 
 
-def test_two_workers_survive_a_worker_kill_and_checkpoint(tmp_path):
+def test_two_workers_survive_a_worker_kill_and_checkpoint(tmp_path, address):
   wd = tmp_path / "run"
-  proc, log = _start(wd, "--workers", "2", "--steps", "30")
+  proc, log = _start(wd, address, "--workers", "2", "--steps", "30")
   # Wait until the run makes progress, then kill one worker's process.
   assert _wait_for(lambda: "step      2/30" in log.read_text(), 300, proc), \
       log.read_text()
@@ -98,9 +107,9 @@ def test_two_workers_survive_a_worker_kill_and_checkpoint(tmp_path):
   assert "restarts 1" in log.read_text() or "restarts 2" in log.read_text()
 
 
-def test_learner_stop_and_resume_is_exact(tmp_path):
+def test_learner_stop_and_resume_is_exact(tmp_path, address):
   wd = tmp_path / "run"
-  proc, log = _start(wd, "--workers", "1", "--steps", "1000")
+  proc, log = _start(wd, address, "--workers", "1", "--steps", "1000")
   assert _wait_for(lambda: "step      3/1000" in log.read_text(), 300, proc), \
       log.read_text()
   proc.send_signal(signal.SIGTERM)
@@ -113,7 +122,8 @@ def test_learner_stop_and_resume_is_exact(tmp_path):
   _, theta = ck.restore_lopt(stopped_at)
   digest = launcher.theta_digest(theta)
   # Run the same command again: it resumes and the step count continues.
-  proc, log = _start(wd, "--workers", "1", "--steps", str(stopped_at + 2))
+  proc, log = _start(wd, address, "--workers", "1", "--steps",
+                     str(stopped_at + 2))
   assert _finish(proc) == 0, log.read_text()
   text = log.read_text()
   m = re.search(r"resumed from .* step (\d+) \(theta (\w+)\)", text)
@@ -122,26 +132,3 @@ def test_learner_stop_and_resume_is_exact(tmp_path):
   assert f"step {stopped_at + 1:>6}/{stopped_at + 2}" in text
   assert json.loads((wd / "counters.json").read_text())["step"] == \
       stopped_at + 2
-
-
-def test_a_stalled_worker_is_killed_and_rejoins(tmp_path):
-  wd = tmp_path / "run"
-  # The timeout must cover the first call's compile time (~15-30 s here).
-  proc, log = _start(wd, "--workers", "2", "--steps", "100000", "--set",
-                     "worker.call_timeout_s=90")
-  assert _wait_for(lambda: "step      5/100000" in log.read_text(), 300,
-                   proc), log.read_text()
-  pids = json.loads((wd / "workers.json").read_text())["pids"]
-  # A frozen process answers nothing, like a worker stuck inside XLA.
-  os.kill(pids[0], signal.SIGSTOP)
-  assert _wait_for(lambda: "worker 0 has not answered" in log.read_text(),
-                   200, proc), log.read_text()
-  # The killed worker restarts, compiles again and rejoins the run.
-  assert _wait_for(lambda: "learner: worker 0 is back" in log.read_text(),
-                   300, proc), log.read_text()
-  proc.send_signal(signal.SIGTERM)
-  _finish(proc, timeout=120)
-  counters = json.loads((wd / "counters.json").read_text())
-  assert counters["worker_timeouts"] == 1
-  assert counters["worker_failures"] >= 1
-  assert "timeouts 1" in log.read_text()

@@ -1,57 +1,149 @@
-"""The unroll worker's stall watchdog, on a real worker object (no Ray)."""
+"""The unroll worker's stall watchdog, on a real worker object (no Ray).
+
+The stall is injected: a task group whose ``meta_grad`` never returns (or
+moves the watchdog's clock past the limit), so no test depends on how long
+a compile takes.
+"""
 
 import os
 import subprocess
 import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from metatrain import config, meta_step, worker
+from metatrain.tasks import TaskConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-
-_SCRIPT = """
-import sys
-import jax
-from metatrain import config, hrnn
-from metatrain.worker import UnrollWorker
-cfg = config.load("tiny", ['tasks.families=["quadratic"]', "tasks.num_groups=1",
-                           "worker.stall_timeout_s=" + sys.argv[1]])
-w = UnrollWorker(0, config.to_dict(cfg), seed=0)
-print("armed before the first call:", w.watchdog.last != float("inf"))
-theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg.hrnn)
-mg = w.compute(theta, 0)
-print("computed", mg.seq, flush=True)
-print("armed between calls:", w.watchdog.last != float("inf"))
-"""
+CONFIG = TaskConfig("quadratic", (("dim", 3), ("noise", 0.0)))
 
 
-def _run(stall_timeout):
-  return subprocess.run(
-      [sys.executable, "-c", _SCRIPT, str(stall_timeout)],
-      env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
-      timeout=300)
+class _FakeGroup:
+  """A task group that compiles nothing: ``on_grad(group)`` runs inside
+  ``meta_grad``, which returns zero gradients."""
+
+  def __init__(self, on_grad):
+    self.config, self.age, self.on_grad = CONFIG, 0, on_grad
+    self.label = CONFIG.name
+
+  def meta_grad(self, theta, rng, cfg):
+    del rng, cfg
+    self.on_grad(self)
+    self.age += 1
+    grads = jax.tree_util.tree_map(np.zeros_like, theta)
+    metrics = {"num_good": 2.0, "num_nonfinite": 0.0, "num_diverged": 0.0,
+               "num_resets": 0.0, "meta_loss": 0.5, "grad_weight": 1.0}
+    return grads, metrics, 10
 
 
-def test_a_group_stuck_past_the_limit_ends_the_worker():
-  # A 0.5 s limit is shorter than compiling a group's programs, which here
-  # stands in for XLA never answering.
-  out = _run(0.5)
+class _Exited(BaseException):
+  """What the injected exit raises (not an Exception: the worker must not
+  catch it as a group error)."""
+
+
+class _FakeTime:
+
+  def __init__(self):
+    self.now, self.codes = 0.0, []
+
+  def clock(self):
+    return self.now
+
+  def exit(self, code):
+    self.codes.append(code)
+    raise _Exited(code)
+
+
+def _worker(monkeypatch, on_grad, fake, lines, limit=60.0):
+  monkeypatch.setattr(meta_step.TaskGroup, "sample", classmethod(
+      lambda cls, *a, **k: _FakeGroup(on_grad)))
+  cfg = config.load("tiny", ['tasks.families=["quadratic"]',
+                             "tasks.num_groups=1",
+                             "worker.stall_timeout_s=0"])
+  w = worker.UnrollWorker(0, config.to_dict(cfg), seed=0)
+  # The worker's own watchdog, with the test's clock and exit, no thread.
+  w.watchdog = meta_step.StallWatchdog(
+      limit, w.watchdog.describe, lines.append, clock=fake.clock,
+      exit=fake.exit, thread=False)
+  w.watchdog.stop()
+  theta = {"w": np.ones(3, np.float32)}
+  return w, theta
+
+
+def test_the_watchdog_is_armed_only_inside_compute(monkeypatch):
+  fake, lines, armed = _FakeTime(), [], []
+  w, theta = _worker(monkeypatch, lambda g: armed.append(
+      w.watchdog.last != float("inf")), fake, lines)
+  assert w.watchdog.last == float("inf")  # not before the first call
+  for step in range(2):
+    mg = w.compute(theta, step)
+    assert mg.theta_step == step and mg.metrics["task_steps"] == 10
+    assert w.watchdog.last == float("inf")  # nor between calls
+    fake.now += 1e6  # a long idle wait is no stall
+    assert not w.watchdog.check()
+  assert armed == [True, True]
+  assert fake.codes == [] and lines == []
+
+
+def test_a_group_stuck_past_the_limit_ends_the_worker(monkeypatch):
+  fake, lines = _FakeTime(), []
+
+  def stuck(group):
+    del group
+    fake.now += 30.0  # the watchdog thread looks while the group runs
+    assert not w.watchdog.check()
+    fake.now += 31.0
+    w.watchdog.check()  # over the limit: exits the process
+    raise AssertionError("the watchdog did not end the worker")
+
+  w, theta = _worker(monkeypatch, stuck, fake, lines)
+  with pytest.raises(_Exited):
+    w.compute(theta, 0)
+  assert fake.codes == [3]
+  (line,) = lines
+  assert line.startswith(f"STALLED: worker 0 on group 1 {CONFIG.name} (age "
+                         "0) has run 61s (limit 60s)")
+
+
+_REAL_STALL = textwrap.dedent("""
+    import threading
+    import numpy as np
+    from metatrain import config, meta_step
+    from metatrain.tasks import TaskConfig
+    from metatrain.worker import UnrollWorker
+
+    class Hung:
+      config = TaskConfig("quadratic", (("dim", 3), ("noise", 0.0)))
+      age, label = 0, "hung"
+      def meta_grad(self, *a):
+        threading.Event().wait()  # like XLA never answering
+
+    meta_step.TaskGroup.sample = classmethod(lambda cls, *a, **k: Hung())
+    cfg = config.load("tiny", ["tasks.num_groups=1",
+                               "worker.stall_timeout_s=1"])
+    w = UnrollWorker(0, config.to_dict(cfg), seed=0)
+    w.compute({"w": np.ones(3, np.float32)}, 0)
+    print("computed", flush=True)
+""")
+
+
+def test_the_real_watchdog_thread_exits_the_process_with_code_3():
+  out = subprocess.run([sys.executable, "-c", _REAL_STALL],
+                       env=dict(os.environ, PYTHONPATH=ROOT),
+                       capture_output=True, text=True, timeout=120)
   assert out.returncode == 3, out
-  assert "STALLED: worker 0 on " in out.stdout
+  assert "STALLED: worker 0 on group 1 " in out.stdout
   assert "computed" not in out.stdout
-
-
-def test_the_watchdog_is_armed_only_inside_compute():
-  out = _run(120)
-  assert out.returncode == 0, out
-  assert "computed" in out.stdout and "STALLED" not in out.stdout
-  assert "armed before the first call: False" in out.stdout
-  assert "armed between calls: False" in out.stdout
 
 
 def test_a_restarted_worker_samples_new_groups(monkeypatch):
   # Ray restarts re-run __init__ with the same arguments; replaying the
   # groups of a hung incarnation would hang again.
   import time  # pylint: disable=import-outside-toplevel
-  from metatrain import config, worker  # pylint: disable=import-outside-toplevel
   cfg = config.to_dict(config.load("tiny", []))
 
   def draws(restarted):

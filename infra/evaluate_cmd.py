@@ -13,11 +13,7 @@ import signal
 import sys
 
 from evaluators import records, suites, watch
-
-
-def _error(msg: str) -> int:
-  print(f"lopt: error: {msg}", file=sys.stderr)
-  return 2
+from infra.parser import UsageError
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -35,14 +31,14 @@ def main(args) -> int:
     suite = suites.load(args.suite, args.set or [])
     shard = _shard(args.shard)
   except ValueError as e:
-    return _error(str(e))
+    raise UsageError(str(e)) from None
   if args.poll <= 0:
-    return _error("--poll must be > 0")
+    raise UsageError("--poll must be > 0")
   workdir = args.workdir
   if args.lopt:
     os.makedirs(workdir, exist_ok=True)
   elif not os.path.isdir(workdir):
-    return _error(f"workdir {workdir} does not exist: start `lopt train "
+    raise UsageError(f"workdir {workdir} does not exist: start `lopt train "
                   f"--workdir {workdir}` first, or pass --lopt FILE")
   stop = {"flag": False}
 
@@ -58,20 +54,20 @@ def main(args) -> int:
       ev = watch.Evaluator(workdir, suite, shard=shard,
                            should_stop=lambda: stop["flag"])
     except (FileNotFoundError, ValueError) as e:  # missing dataset, ...
-      return _error(str(e))
+      raise UsageError(str(e)) from None
     try:
       if args.lopt:
         try:
           src = watch.file_source(args.lopt)
         except ValueError as e:
-          return _error(str(e))
+          raise UsageError(str(e)) from None
         ev.evaluate(src)
         shown = src.id
       else:
         try:
           ev.follow(once=args.once, poll_s=args.poll)
         except watch.NoCheckpointError as e:
-          return _error(str(e))
+          raise UsageError(str(e)) from None
         shown = None
     finally:
       ev.close()
