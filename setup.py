@@ -44,6 +44,18 @@ class BuildFFI(build_ext):
     with open(path, "w") as f:
       json.dump(status, f, indent=2)
 
+  def copy_extensions_to_source(self):
+    # Editable installs (`pip install -e`) build in a temporary build_lib and
+    # copy only the .so back into the source tree; the record goes with it.
+    super().copy_extensions_to_source()
+    build_py = self.get_finalized_command("build_py")
+    for ext in self.extensions:
+      inplace_file, regular_file = self._get_inplace_equivalent(build_py, ext)
+      built = os.path.join(os.path.dirname(regular_file), _STATUS)
+      if os.path.exists(built):
+        self.copy_file(built, os.path.join(os.path.dirname(inplace_file),
+                                           _STATUS), level=self.verbose)
+
   def build_extensions(self):
     try:
       import jax  # pylint: disable=import-outside-toplevel

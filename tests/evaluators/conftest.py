@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import filelock
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -30,15 +31,29 @@ def fake_imagenet_manual(tmp_path_factory) -> fake_imagenet.FakeImageNet:
 def fake_imagenet_data_dir(tmp_path_factory, fake_imagenet_manual) -> str:
   """TFDS data dir holding imagenet2012 built from ``fake_imagenet_manual``.
 
-  Built once per session as a user does, with ``lopt prepare imagenet``
+  Built once per test run as a user does, with ``lopt prepare imagenet``
   (``evaluators.imagenet.prepare``; needs TensorFlow, which stays out of the
-  test process; a few seconds, mostly importing it).
+  test process; a few seconds, mostly importing it). Under pytest-xdist
+  the workers share one build (the manual dir is deterministic, so every
+  worker's copy of it is the same): the first to get the lock builds it.
   """
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  if not os.environ.get('PYTEST_XDIST_WORKER'):  # one process: no sharing
+    return _prepare(str(tmp_path_factory.mktemp('tfds')),
+                    fake_imagenet_manual)
+  shared = tmp_path_factory.getbasetemp().parent  # this run's, all workers
+  data_dir = shared / 'tfds-imagenet'
+  with filelock.FileLock(str(shared / 'tfds-imagenet.lock')):
+    if not (shared / 'tfds-imagenet.done').exists():
+      _prepare(str(data_dir), fake_imagenet_manual)
+      (shared / 'tfds-imagenet.done').write_text('ok')
+  return str(data_dir)
+
+
+def _prepare(data_dir: str, manual: fake_imagenet.FakeImageNet) -> str:
   out = subprocess.run(
       [sys.executable, '-m', 'infra.cli', 'prepare', 'imagenet',
-       '--manual-dir', fake_imagenet_manual.manual_dir, '--data-dir',
-       data_dir], cwd=ROOT, capture_output=True, text=True, timeout=600)
+       '--manual-dir', manual.manual_dir, '--data-dir', data_dir], cwd=ROOT,
+      capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'imagenet2012 is ready in' in out.stdout
   return data_dir

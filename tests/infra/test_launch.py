@@ -6,8 +6,8 @@ in ``ray.autoscaler``) or against the fields the KubeRay ``ray.io/v1`` CRDs
 require (``cluster_files.kuberay_problems``), and check that each keeps the
 dashboard on 127.0.0.1 and Ray's token authentication on.
 
-The slow test makes a real three-node Ray cluster on this machine (a head and
-two workers, ``ray start --block`` subprocesses in their own sessions, token
+The slow test makes a real two-node Ray cluster on this machine (a head and
+a worker, ``ray start --block`` subprocesses in their own sessions, token
 auth on, a private temp dir and free ports), submits a train job and then an
 evaluate job through ``lopt launch``, and follows them to SUCCEEDED.
 """
@@ -251,9 +251,11 @@ def test_auth_headers_read_the_token_like_ray(tmp_path, monkeypatch):
 
 
 class _LocalCluster:
-  """A head and two worker nodes on 127.0.0.1, ended by process group."""
+  """A head and ``workers`` worker nodes on 127.0.0.1, ended by process
+  group."""
 
-  def __init__(self):
+  def __init__(self, workers: int = 1):
+    self.workers = workers
     # Unix socket paths must stay under ~107 characters: a short temp dir.
     self.tmp = tempfile.mkdtemp(prefix="lr", dir="/tmp")
     self.token_file = os.path.join(self.tmp, "token")
@@ -309,7 +311,7 @@ class _LocalCluster:
     self._wait(lambda: len(self.nodes()) == 1, timeout, "the head")
     # One at a time: nodes starting together on one host race for the same
     # socket names in the session dir.
-    for i in range(2):
+    for i in range(self.workers):
       self._start(f"worker{i}", f"--address=127.0.0.1:{self.gcs_port}",
                   "--num-cpus=1", '--resources={"lopt_worker": 1}')
       self._wait(lambda n=i + 2: len(self.nodes()) == n, timeout,
@@ -328,14 +330,14 @@ class _LocalCluster:
     raise AssertionError(f"{what} did not come up: {logs}")
 
   def stop(self) -> None:
-    """SIGTERMs each node's process group, SIGKILLs what is left after 5 s.
+    """SIGTERMs each node's process group, SIGKILLs what is left after 2 s.
 
     A graceful node shutdown takes ~30 s here, for nothing a test needs.
     """
     for p in self.procs:
       with contextlib.suppress(ProcessLookupError):
         os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.time() + 5
+    deadline = time.time() + 2
     for p in self.procs:
       try:
         p.wait(timeout=max(0.1, deadline - time.time()))
@@ -393,7 +395,7 @@ def _wait_job(client, job_id: str, timeout: float) -> str:
 
 
 @pytest.mark.slow
-def test_train_and_evaluate_jobs_on_a_three_node_cluster(ray_cluster,
+def test_train_and_evaluate_jobs_on_a_two_node_cluster(ray_cluster,
                                                          tmp_path):
   from ray.job_submission import JobSubmissionClient
   c = ray_cluster

@@ -24,7 +24,9 @@ from evaluators import records
 from evaluators.models.convnets import MLP
 from infra import cli
 
-pytestmark = pytest.mark.slow
+# One worker runs the whole module (under pytest-xdist), so the run below is
+# made once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workflow")]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SUITE = ['tasks=["digits_mlp"]', "steps=20", "seeds=1", 'baselines=["adam"]',

@@ -8,6 +8,7 @@ private to the tests, to pin the packed update to the same results.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -391,25 +392,46 @@ def _assert_close(new, ref, what, tol=None, atol=0.0):
       f"{what}: relative error {err / scale:.2e}")
 
 
-def _run_both(cfg, params, steps=4, seed=0):
-  """Runs ``steps`` steps of both implementations, comparing every step."""
+_PARAMS = {"odd": _odd_params, "odd_big": lambda: _odd_params(big=(401, 400))}
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(cfg, params_name, steps, seed):
+  """The per-leaf reference run: its grads, updates and final state.
+
+  Computed once per case and shared by the tests that compare the packed
+  update with it unblocked and blocked (the reference has no blocks).
+  """
+  params = _PARAMS[params_name]()
   theta = hrnn.init_theta(jax.random.PRNGKey(seed), cfg)
   key = jax.random.PRNGKey(seed + 1)
-  new_s = hrnn.init_state(cfg, theta, params, key)
   ref_s = _ref_init_state(cfg, theta, params, key)
+  ref_step = jax.jit(lambda s, g, p: _ref_update(cfg, theta, s, g, p))
+  ref_p, trail = params, []
+  for t in range(steps):
+    grads = _grads(ref_p, jax.random.PRNGKey(seed + 2), t)
+    ref_u, ref_s = ref_step(ref_s, grads, ref_p)
+    trail.append((grads, ref_u, ref_p))
+    ref_p = jax.tree_util.tree_map(lambda p, u: p + u, ref_p, ref_u)
+  return theta, _ref_init_state(cfg, theta, params, key), trail, ref_s
+
+
+def _run_both(cfg, params_name="odd", steps=4, seed=0):
+  """Runs ``steps`` steps of both implementations, comparing every step."""
+  params = _PARAMS[params_name]()
+  theta, ref_s0, trail, ref_s = _reference(cfg, params_name, steps, seed)
+  key = jax.random.PRNGKey(seed + 1)
+  new_s = hrnn.init_state(cfg, theta, params, key)
   layout = new_s.layout
   if cfg.dynamic_output_scale:  # identical initial learning rates
     pieces = packing.unpack(layout, new_s.log_lr)
     for i in layout.live:
       np.testing.assert_array_equal(np.asarray(pieces[i]),
-                                    np.asarray(ref_s.leaves[i].log_lr))
+                                    np.asarray(ref_s0.leaves[i].log_lr))
   new_step = jax.jit(lambda s, g, p: hrnn.update(cfg, theta, s, g, p))
-  ref_step = jax.jit(lambda s, g, p: _ref_update(cfg, theta, s, g, p))
-  new_p = ref_p = params
-  for t in range(steps):
-    grads = _grads(ref_p, jax.random.PRNGKey(seed + 2), t)
+  new_p = params
+  for t, (grads, ref_u, ref_p) in enumerate(trail):
     new_u, new_s = new_step(new_s, grads, new_p)
-    ref_u, ref_s = ref_step(ref_s, grads, ref_p)
     assert (jax.tree_util.tree_structure(new_u) ==
             jax.tree_util.tree_structure(params))
     for (path, nu), ru, rp in zip(jax.tree_util.tree_leaves_with_path(new_u),
@@ -425,7 +447,6 @@ def _run_both(cfg, params, steps=4, seed=0):
             np.max(np.abs(np.asarray(rp, np.float64))))
       _assert_close(nu, ru, f"step {t} update {path}", _tol(nu.dtype), atol)
     new_p = jax.tree_util.tree_map(lambda p, u: p + u, new_p, new_u)
-    ref_p = jax.tree_util.tree_map(lambda p, u: p + u, ref_p, ref_u)
   # The states agree too.
   for i, t in zip(layout.live, range(layout.num_tensors)):
     ls = ref_s.leaves[i]
@@ -451,7 +472,7 @@ def _run_both(cfg, params, steps=4, seed=0):
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_matches_reference_on_odd_pytree(name):
   cfg = dataclasses.replace(CFG, **CONFIGS[name])
-  state = _run_both(cfg, _odd_params())
+  state = _run_both(cfg)
   assert state.layout.num_blocks == 1
 
 
@@ -459,15 +480,14 @@ def test_matches_reference_on_odd_pytree(name):
 def test_blocked_pass_matches_reference(name, small_blocks):
   del small_blocks
   cfg = dataclasses.replace(CFG, **CONFIGS[name])
-  state = _run_both(cfg, _odd_params())
+  state = _run_both(cfg)
   layout = state.layout
   assert layout.num_blocks > 2 and layout.chunk > 1 and layout.padded
 
 
 def test_blocked_pass_at_default_block_size():
   """A leaf above the real threshold, with the real block size."""
-  params = _odd_params(big=(401, 400))
-  state = _run_both(CFG, params, steps=2)
+  state = _run_both(CFG, "odd_big", steps=2)
   layout = state.layout
   assert layout.num_blocks > 4
   assert layout.block <= packing.BLOCK_SIZE + max(layout.chunk, 128)
@@ -483,7 +503,7 @@ def test_ablations_match_reference(name, blocked, monkeypatch):
     monkeypatch.setattr(packing, "BLOCK_THRESHOLD", 1024)
     monkeypatch.setattr(packing, "BLOCK_SIZE", 512)
   cfg = dataclasses.replace(CFG, **ABLATIONS[name])
-  _run_both(cfg, _odd_params(), steps=3)
+  _run_both(cfg, steps=3)
 
 
 def test_only_untrainable_leaves():
@@ -505,13 +525,36 @@ def _meta_loss(impl, cfg, theta, params, steps=4):
                            jax.tree_util.tree_leaves(p),
                            jax.tree_util.tree_leaves(target))))
   state = init(cfg, theta, params, jax.random.PRNGKey(3))
-  total = 0.0
-  for _ in range(steps):
+
+  def step(carry, _):  # a scan: one step to compile, not ``steps``
+    params, state = carry
     l, g = jax.value_and_grad(loss)(params)
     u, state = upd(cfg, theta, state, g, params)
-    params = jax.tree_util.tree_map(lambda p, v: p + v, params, u)
-    total = total + l
-  return total + loss(params)
+    return (jax.tree_util.tree_map(lambda p, v: p + v, params, u), state), l
+
+  (params, _), losses = jax.lax.scan(step, (params, state), None, steps)
+  return jnp.sum(losses) + loss(params)
+
+
+def _meta_grad_problem(cfg):
+  """float64 theta (larger initial learning rates, so that the steps
+  matter to the loss) and params; call under ``jax.enable_x64``."""
+  theta = jax.tree_util.tree_map(
+      lambda x: x.astype(jnp.float64),
+      hrnn.init_theta(jax.random.PRNGKey(0), cfg))
+  theta["stepsize_offset"] = jnp.asarray(3.0, jnp.float64)
+  params = {"w": jnp.zeros((9, 11), jnp.float64),
+            "b": [jnp.zeros((3,), jnp.float64), jnp.zeros((), jnp.float64)]}
+  return theta, params
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_meta_grad(cfg):
+  """The reference's meta-loss and meta-gradient, once per config."""
+  with jax.enable_x64(True):
+    theta, params = _meta_grad_problem(cfg)
+    return jax.jit(jax.value_and_grad(lambda th: _meta_loss(
+        (_ref_init_state, _ref_update), cfg, th, params)))(theta)
 
 
 @pytest.mark.parametrize("blocked", [False, True])
@@ -521,19 +564,11 @@ def test_meta_gradient_matches_reference(name, blocked, monkeypatch):
     monkeypatch.setattr(packing, "BLOCK_THRESHOLD", 64)
     monkeypatch.setattr(packing, "BLOCK_SIZE", 32)
   cfg = dataclasses.replace(CFG, **CONFIGS[name])
+  ref = _reference_meta_grad(cfg)
   with jax.enable_x64(True):
-    theta = jax.tree_util.tree_map(
-        lambda x: x.astype(jnp.float64),
-        hrnn.init_theta(jax.random.PRNGKey(0), cfg))
-    # Larger initial learning rates, so that the steps matter to the loss.
-    theta["stepsize_offset"] = jnp.asarray(3.0, jnp.float64)
-    params = {"w": jnp.zeros((9, 11), jnp.float64),
-              "b": [jnp.zeros((3,), jnp.float64),
-                    jnp.zeros((), jnp.float64)]}
+    theta, params = _meta_grad_problem(cfg)
     new = jax.jit(jax.value_and_grad(lambda th: _meta_loss(
         (hrnn.init_state, hrnn.update), cfg, th, params)))(theta)
-    ref = jax.jit(jax.value_and_grad(lambda th: _meta_loss(
-        (_ref_init_state, _ref_update), cfg, th, params)))(theta)
     if blocked:
       state = hrnn.init_state(cfg, theta, params)
       assert state.layout.num_blocks > 2

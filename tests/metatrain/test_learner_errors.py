@@ -8,15 +8,15 @@ in test_learner_pool.py.
 """
 
 import os
+import re
 import signal
 import time
 
-import jax
 import numpy as np
 import optax
 import pytest
 
-from metatrain import config, hrnn, learner, meta_step, worker
+from metatrain import learner
 from metatrain.worker import GroupError, MetaGrad
 
 pytestmark = pytest.mark.slow
@@ -118,11 +118,11 @@ def test_a_frozen_worker_is_killed_restarted_and_rejoins(ray_local, capsys):
   state = learner.LearnerState(theta, opt.init(theta), 0, {})
   t0 = time.time()
   try:
-    # 8 s: a call takes 20 ms here, and a restarted actor answers its first
-    # call within a few seconds, so only the frozen one times out.
+    # 10 s: a call takes 20 ms here, and a restarted actor answers its
+    # first call within a few seconds, so only the frozen one times out.
     state = learner.run(
         state, workers, opt, steps=10**9, max_staleness=10**9, batch_size=1,
-        on_step=on_step, call_timeout_s=8.0,
+        on_step=on_step, call_timeout_s=10.0,
         should_stop=lambda: (seen["back_at"] is not None or
                              time.time() - t0 > 180))
     restarted_pid = ray.get(workers[0].pid.remote(), timeout=60)
@@ -133,7 +133,8 @@ def test_a_frozen_worker_is_killed_restarted_and_rejoins(ray_local, capsys):
   assert seen["back_at"] is not None, out
   assert state.counters["worker_timeouts"] == 1, out
   assert state.counters["worker_failures"] == 1, out
-  assert "learner: worker 0 has not answered in 8s" in out
+  assert re.search(r"learner: worker 0 has not answered in 1[01]s \(worker"
+                   r"\.call_timeout_s=10\)", out), out
   assert "learner: worker 0 is back after" in out
   assert restarted_pid != pids[0]  # a new process replaced the frozen one
 
@@ -164,32 +165,3 @@ def test_an_evaluator_that_raises_once_is_restarted(ray_local, tmp_path):
     assert pool.finished == {0, 1}
   finally:
     pool.shutdown()
-
-
-def test_the_worker_drops_the_group_that_raised(monkeypatch):
-  cfg = config.load("tiny", ['tasks.families=["quadratic"]',
-                             "tasks.num_groups=2", "unroll.min_steps=5",
-                             "unroll.max_steps=5",
-                             "worker.stall_timeout_s=0"])
-  w = worker.UnrollWorker(0, config.to_dict(cfg), seed=0)
-  theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg.hrnn)
-  w.compute(theta, 0)
-  real = meta_step.TaskGroup.meta_grad
-  calls = {"n": 0}
-
-  def flaky(self, *a, **k):
-    calls["n"] += 1
-    if calls["n"] == 2:
-      raise FloatingPointError("boom")
-    return real(self, *a, **k)
-
-  monkeypatch.setattr(meta_step.TaskGroup, "meta_grad", flaky)
-  kept = w.groups[0]
-  with pytest.raises(GroupError,
-                     match=r"worker 0 group 2 .*quadratic.*FloatingPointError: boom"):
-    w.compute(theta, 1)
-  assert w.groups[0] is kept and w.groups[1] is None
-  mg = w.compute(theta, 2)  # resamples group 2 and goes on
-  assert w.groups[1] is not None and w.groups[1].age == 1
-  assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(
-      mg.grads))

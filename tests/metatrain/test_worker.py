@@ -6,6 +6,7 @@ a compile takes.
 """
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -58,11 +59,11 @@ class _FakeTime:
     raise _Exited(code)
 
 
-def _worker(monkeypatch, on_grad, fake, lines, limit=60.0):
+def _worker(monkeypatch, on_grad, fake, lines, limit=60.0, groups=1):
   monkeypatch.setattr(meta_step.TaskGroup, "sample", classmethod(
       lambda cls, *a, **k: _FakeGroup(on_grad)))
   cfg = config.load("tiny", ['tasks.families=["quadratic"]',
-                             "tasks.num_groups=1",
+                             f"tasks.num_groups={groups}",
                              "worker.stall_timeout_s=0"])
   w = worker.UnrollWorker(0, config.to_dict(cfg), seed=0)
   # The worker's own watchdog, with the test's clock and exit, no thread.
@@ -107,6 +108,31 @@ def test_a_group_stuck_past_the_limit_ends_the_worker(monkeypatch):
   (line,) = lines
   assert line.startswith(f"STALLED: worker 0 on group 1 {CONFIG.name} (age "
                          "0) has run 61s (limit 60s)")
+
+
+def test_the_worker_drops_the_group_that_raised(monkeypatch):
+  calls = {"n": 0, "raise_at": None}
+
+  def on_grad(group):
+    del group
+    calls["n"] += 1
+    if calls["n"] == calls["raise_at"]:
+      raise FloatingPointError("boom")
+
+  w, theta = _worker(monkeypatch, on_grad, _FakeTime(), [], groups=2)
+  w.compute(theta, 0)
+  kept, dropped = w.groups
+  calls["raise_at"] = calls["n"] + 2  # group 2 of the next call
+  with pytest.raises(worker.GroupError, match=(
+      rf"worker 0 group 2 {re.escape(CONFIG.name)}: FloatingPointError: "
+      "boom")):
+    w.compute(theta, 1)
+  assert w.groups[0] is kept and w.groups[1] is None
+  assert w.watchdog.last == float("inf")  # disarmed on the way out
+  mg = w.compute(theta, 2)  # resamples group 2 and goes on
+  assert w.groups[0] is kept and w.groups[1] not in (None, dropped)
+  assert w.groups[1].age == 1 and kept.age == 3
+  assert mg.theta_step == 2 and mg.metrics["task_steps"] == 20
 
 
 _REAL_STALL = textwrap.dedent("""

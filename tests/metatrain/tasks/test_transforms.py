@@ -1,6 +1,7 @@
 """The new families and transforms: param_scale, sums of 2-11 parts."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,7 @@ PARAM_SCALE = (("param_scale", ()),)
 # Every new family and transform, at sizes the ensemble samples.
 NEW = [
     _cfg("norm", dim=27, noise=0.1),
+    BOWLS,
     _cfg("sparse_bowl", cond=0.1, angle=0.0, copies=64, p=0.99),
     SUM11,
     TaskConfig(MLP.family, MLP.params, PARAM_SCALE),
@@ -54,11 +56,21 @@ def test_new_tasks_jit_vmap_finite_and_nonnegative(cfg):
     far = jax.tree_util.tree_map(lambda p, z: p + 10 * z * (1 + jnp.abs(p)),
                                  params, tasks.base.tree_random_like(
                                      jax.random.fold_in(key, 1), params))
-    return (params, grads, loss, task.full_loss(params, data),
+    return (params, grads, (loss, task.loss(params, data, key)),
+            jax.grad(task.loss)(params, data, key), task.full_loss(params, data),
             task.loss(far, data, key), task.full_loss(far, data))
 
-  params, grads, *losses = run(jax.random.split(jax.random.PRNGKey(0), 3))
-  for value in losses:
+  params, grads, (loss, plain), autodiff, *losses = run(
+      jax.random.split(jax.random.PRNGKey(0), 3))
+  # loss_and_grad is the loss and its gradient, except where the task or a
+  # transform makes the gradient noisy or sparse on purpose.
+  np.testing.assert_allclose(np.asarray(loss), np.asarray(plain), rtol=1e-6)
+  if not re.search(r"noise=(?!0[,)])|sparse|gradient_noise", cfg.name):
+    for g, a in zip(jax.tree_util.tree_leaves(grads),
+                    jax.tree_util.tree_leaves(autodiff)):
+      np.testing.assert_allclose(np.asarray(g), np.asarray(a), rtol=1e-4,
+                                 atol=1e-6 * float(np.max(np.abs(a)) + 1))
+  for value in [loss] + losses:
     value = np.asarray(value)
     assert value.shape == (3,) and np.all(np.isfinite(value)), cfg.name
     assert np.all(value >= 0), cfg.name
