@@ -33,14 +33,54 @@ def record_key(source: str, task_key: str, optimizer: str,
                      int(steps)])
 
 
+_NUMBER = (int, float)
+# Field: (accepted types, required, None accepted). Every reader of records
+# (tables, reports, export --best, the evaluators' keys) relies on these.
+_FIELDS = {
+    "key": (str, True, False), "source": (str, True, False),
+    "task": (str, True, False), "optimizer": (str, True, False),
+    "hparams": (dict, True, False), "final_loss": (_NUMBER, True, True),
+    "diverged": (bool, True, False), "metrics": (dict, True, True),
+    "seed": (int, False, False), "curve": (list, False, True),
+    "checkpoint_step": (int, False, True),
+}
+
+
+def record_problem(rec: Any) -> str | None:
+  """Why ``rec`` is not a usable record (None if it is)."""
+  if not isinstance(rec, dict):
+    return f"a JSON {type(rec).__name__}, not an object"
+  for name, (types, required, nullable) in _FIELDS.items():
+    if name not in rec:
+      if required:
+        return f"no {name!r}"
+      continue
+    v = rec[name]
+    if v is None and nullable:
+      continue
+    if not isinstance(v, types) or (isinstance(v, bool) and types is not
+                                    bool):  # True is an int, not a seed
+      return f"{name!r} is {v!r:.40}"
+  lr = rec["hparams"].get("learning_rate")
+  if lr is not None and (isinstance(lr, bool) or not isinstance(lr, _NUMBER)):
+    return f"'hparams.learning_rate' is {lr!r:.40}"
+  return None
+
+
 def read(path: str) -> list[dict[str, Any]]:
-  """All complete records in ``path`` ([] if it does not exist)."""
+  """All usable records in ``path`` ([] if it does not exist).
+
+  Unparseable lines and records without the fields every reader needs
+  (``_FIELDS``) are skipped, with one warning that counts them; a torn last
+  line (a writer killed mid-write) is skipped silently.
+  """
   out = []
   try:
     with open(path, "rb") as f:
       lines = f.read().split(b"\n")
   except FileNotFoundError:
     return out
+  bad: list[str] = []
   for i, line in enumerate(lines):
     if not line.strip():
       continue
@@ -48,11 +88,17 @@ def read(path: str) -> list[dict[str, Any]]:
       rec = json.loads(line)
     except ValueError:
       if i != len(lines) - 1:  # a torn last line is expected after a kill
-        warnings.warn(f"{path}: skipping unreadable line {i + 1}",
-                      stacklevel=2)
+        bad.append(f"line {i + 1} is not JSON")
       continue
-    if isinstance(rec, dict) and "key" in rec:
+    why = record_problem(rec)
+    if why is None:
       out.append(rec)
+    else:
+      bad.append(f"line {i + 1}: {why}")
+  if bad:
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    warnings.warn(f"{path}: skipped {len(bad)} unusable line(s) ("
+                  f"{'; '.join(bad[:3])}{more})", stacklevel=2)
   return out
 
 

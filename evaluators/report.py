@@ -16,6 +16,7 @@ import base64
 import datetime
 import html
 import io
+import json
 import math
 import os
 from typing import Any
@@ -121,6 +122,7 @@ def _loss_curves(recs, src, task):
   fig, ax = plt.subplots(figsize=(5.5, 3.4))
   mine = [r for r in recs if r["source"] == src and r["task"] == task]
   colors = {"learned": "C3", "adam": "C0", "rmsprop": "C1", "sgdm": "C2"}
+  styles = ("-", "--", ":", "-.")  # one line style per seed
   for r in mine:
     name, lr = r["optimizer"], r["hparams"].get("learning_rate")
     if name != "learned" and row["baselines"].get(name, (None, None))[1] != lr:
@@ -128,11 +130,13 @@ def _loss_curves(recs, src, task):
     s, v = _curve(r)
     if not len(s):
       continue
+    seed = r.get("seed", 0)
     label = name if name == "learned" else f"{name} lr {lr:g}"
+    label += f" seed {seed}"
     if r.get("diverged"):
       label += " (diverged)"
     ax.plot(s, _smooth(v), color=colors.get(name, "k"), lw=1.2, alpha=0.85,
-            label=label if r["seed"] == 0 else None)
+            ls=styles[seed % len(styles)], label=label)
   ax.set_yscale("log")
   ax.set_xlabel("step")
   ax.set_ylabel("loss" if mine and mine[0].get("track_curve") else
@@ -173,9 +177,24 @@ def _across_checkpoints(recs, srcs):
   axes[1].set_xlabel("checkpoint step")
   for ax in axes:
     ax.grid(alpha=0.3)
+    # From step 0: one checkpoint is a point on the run's axis, not the
+    # middle of an axis from 28.5 to 31.5.
+    ax.set_xlim(0, max(steps) * 1.05 + 1)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=7)
   return _png(fig)
+
+
+def resume_steps(workdir: str) -> list[int]:
+  """Steps at which a later ``lopt train`` session resumed (run_info.json)."""
+  try:
+    with open(os.path.join(workdir, "run_info.json")) as f:
+      sessions = json.load(f).get("sessions", [])
+  except (OSError, ValueError, AttributeError):
+    return []
+  return sorted({int(x["start_step"]) for x in sessions[1:]
+                 if isinstance(x, dict) and
+                 isinstance(x.get("start_step"), int) and x["start_step"] > 0})
 
 
 def _training(workdir):
@@ -185,6 +204,7 @@ def _training(workdir):
                       "train/task_steps_per_s") if scalars.get(t)]
   if not tags:
     return None
+  resumes = resume_steps(workdir)
   fig, axes = plt.subplots(1, len(tags), figsize=(4 * len(tags), 3.2))
   axes = np.atleast_1d(axes)
   for ax, tag in zip(axes, tags):
@@ -192,6 +212,11 @@ def _training(workdir):
     ax.plot(s, v, lw=0.8, alpha=0.5)
     if len(v) > 20:
       ax.plot(s, _smooth(np.array(v)), lw=1.5)
+    for i, step in enumerate(resumes):  # new task states: meta_loss jumps
+      ax.axvline(step, color="0.5", lw=0.8, ls=":",
+                 label="resumed" if i == 0 else None)
+    if resumes:
+      ax.legend(fontsize=7)
     ax.set_title(tag)
     ax.set_xlabel("meta-step")
     ax.grid(alpha=0.3)
@@ -229,9 +254,9 @@ def html_report(workdir: str) -> str:
   if srcs:
     src = srcs[-1]
     parts.append(f"<h2>Newest evaluated: {esc(src)}</h2><table><tr><th>task"
-                 "</th><th>learned</th><th>best baseline</th><th>lr</th><th>"
-                 "baseline loss</th><th>ratio</th><th>winner</th><th>metric"
-                 "</th><th>learned</th><th>baseline</th></tr>")
+                 "</th><th>learned loss</th><th>best baseline</th><th>lr"
+                 "</th><th>baseline loss</th><th>ratio</th><th>winner</th><th>metric"
+                 "</th><th>learned metric</th><th>baseline metric</th></tr>")
     for r in records.summarize(recs, src):
       cls = "win" if r["winner"] == "learned" else "lose"
       lr = r["baselines"][r["best"]][1] if r["best"] else None

@@ -112,6 +112,7 @@ class Evaluator:
         os.path.join(workdir, "eval", "records.jsonl"))
     self.cache = baselines.BaselineCache(workdir)
     self.counters = {"runs": 0, "cached": 0, "skipped": 0, "errors": 0}
+    self.evaluated: str | None = None  # the source follow() evaluated last
     # Build every problem now: a missing dataset fails here, loudly.
     self.problems: dict[str, Problem] = {
         t: problems.build(t, **suite.problem_settings()) for t in suite.tasks}
@@ -216,8 +217,8 @@ class Evaluator:
       if ({r["task"] for r in rows} != set(self.suite.tasks) or
           any(r["winner"] == "incomplete" for r in rows)):
         continue
-      step = next((r["checkpoint_step"] for r in recs if r["source"] == src),
-                  None) or 0
+      step = next((r.get("checkpoint_step") for r in recs
+                   if r["source"] == src), None) or 0
       if self._tb is None:
         from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
         self._tb = SummaryWriter(os.path.join(self.workdir, "tb", "eval"))
@@ -249,8 +250,10 @@ class Evaluator:
     """Evaluates the newest checkpoint whenever it changes.
 
     Args:
-      once: evaluate the newest checkpoint and return (NoCheckpointError
-        if there is none).
+      once: evaluate the newest complete checkpoint and return
+        (NoCheckpointError if there is none; the ValueError of
+        ``checkpoints`` if it cannot be read, e.g. corrupt). The source
+        evaluated last is ``self.evaluated``.
       poll_s: seconds between polls.
       until_step: polled; once it returns a step, ``follow`` returns as soon
         as a checkpoint at or past that step is fully evaluated.
@@ -268,10 +271,13 @@ class Evaluator:
           waiting_said = True
         src = None
       except ValueError as e:  # deleted by retention mid-read, or corrupt
+        if once:
+          raise
         self.log(f"evaluator: cannot read the newest checkpoint ({e}); "
                  "retrying at the next poll")
         src = None
       if src is not None and src.id != last:
+        self.evaluated = src.id
         self.evaluate(src)
         if not self.pending(src):
           last = src.id

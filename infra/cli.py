@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import platform
@@ -33,6 +34,11 @@ def _cmd_tasks(args) -> int:
   return 0
 
 
+def _warn(msg: str) -> None:
+  print(f"lopt: warning: {' '.join(msg.split())}", file=sys.stderr,
+        flush=True)
+
+
 def load_config(name_or_path: str, overrides: list[str] | None):
   """``config.load``, its ValueError as a UsageError."""
   from metatrain import config as config_lib  # pylint: disable=import-outside-toplevel
@@ -44,8 +50,13 @@ def load_config(name_or_path: str, overrides: list[str] | None):
 
 def _cmd_train(args) -> int:
   import dataclasses  # pylint: disable=import-outside-toplevel
-  import json  # pylint: disable=import-outside-toplevel
-  from metatrain import config as config_lib  # pylint: disable=import-outside-toplevel
+  if (args.address is None and args.workers != 0 and
+      "RAY_AUTH_MODE" not in os.environ and "ray" not in sys.modules):
+    # A local Ray instance: token auth on, as Ray's default is, but said
+    # explicitly, so that Ray does not warn at every start that it turned
+    # it on. Ray reads this when it is imported. (Set RAY_AUTH_MODE to
+    # choose otherwise; a joined cluster keeps Ray's own detection.)
+    os.environ["RAY_AUTH_MODE"] = "token"
   cfg = load_config(args.config, args.set)
   if args.evaluators is not None:
     if args.evaluators < 0:
@@ -65,20 +76,74 @@ def _cmd_train(args) -> int:
     raise UsageError("--steps must be >= 1")
   if args.workers is not None and args.workers < 0:
     raise UsageError("--workers must be >= 0")
-  if (msg := _resume_mismatch(cfg, args.workdir)) is not None:
-    raise UsageError(msg)
-  os.makedirs(args.workdir, exist_ok=True)
-  with open(os.path.join(args.workdir, "config.json"), "w") as f:
-    json.dump(config_lib.to_dict(cfg), f, indent=2, sort_keys=True)
-  if args.workers == 0:
-    from metatrain import local_train  # pylint: disable=import-outside-toplevel
-    local_train.train(cfg, steps=args.steps)
-    return 0
-  from metatrain import launcher  # pylint: disable=import-outside-toplevel
-  pool = None
-  if cfg.evaluator.count:
-    from evaluators.actor import EvaluatorPool as pool  # pylint: disable=import-outside-toplevel
-  return launcher.run(cfg, args, evaluator_pool=pool)
+  from metatrain import workdir_lock  # pylint: disable=import-outside-toplevel
+  lock = workdir_lock.WorkdirLock(args.workdir, warn=_warn)
+  try:
+    lock.acquire()
+  except workdir_lock.WorkdirBusyError as e:
+    raise UsageError(str(e)) from None
+  try:
+    if (msg := _resume_mismatch(cfg, args.workdir)) is not None:
+      raise UsageError(msg)
+    return _train_logged(cfg, args)
+  finally:
+    lock.release()
+
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+def _train_logged(cfg, args) -> int:
+  """Trains; a failed save or a full disk is one line and exit 2, with
+  the libraries' tracebacks in ``workdir/lopt.log``."""
+  import json  # pylint: disable=import-outside-toplevel
+  from infra import run_log  # pylint: disable=import-outside-toplevel
+  from metatrain import checkpoints, launcher  # pylint: disable=import-outside-toplevel
+  from metatrain import config as config_lib  # pylint: disable=import-outside-toplevel
+  log = run_log.RunLog(args.workdir, " ".join(["lopt", *sys.argv[1:]]))
+  log.install()
+  try:
+    path = os.path.join(args.workdir, "config.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(config_lib.to_dict(cfg), f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    if args.workers == 0:
+      from metatrain import local_train  # pylint: disable=import-outside-toplevel
+      local_train.train(cfg, steps=args.steps)
+      return 0
+    pool = None
+    if cfg.evaluator.count:
+      from evaluators.actor import EvaluatorPool as pool  # pylint: disable=import-outside-toplevel
+    return launcher.run(cfg, args, evaluator_pool=pool)
+  except (checkpoints.CheckpointSaveError,
+          checkpoints.CheckpointRestoreError) as e:
+    log.fail(str(e), e)
+    return 2
+  except launcher.ResourceError as e:
+    log.fail(str(e), e)
+    return 2
+  except OSError as e:
+    if e.errno not in _DISK_ERRORS:
+      raise
+    log.fail(_disk_error(args.workdir, e), e)
+    return 2
+  finally:
+    log.close()
+
+
+def _disk_error(workdir: str, e: OSError) -> str:
+  import shutil  # pylint: disable=import-outside-toplevel
+  from metatrain import checkpoints  # pylint: disable=import-outside-toplevel
+  try:
+    free = f"{shutil.disk_usage(workdir).free / 2**20:.1f} MiB free"
+  except OSError:
+    free = "free space unknown"
+  stored = checkpoints.stored_config(workdir)
+  kept = (f"step {stored[0]} is the newest complete checkpoint" if stored
+          else "no checkpoint was saved yet")
+  return (f"cannot write {e.filename or workdir}: {e.strerror} ({free}); "
+          f"{kept}. Free space or move --workdir, then rerun the same "
+          "command to resume")
 
 
 def _resume_mismatch(cfg, workdir: str) -> str | None:
@@ -88,15 +153,12 @@ def _resume_mismatch(cfg, workdir: str) -> str | None:
   with (e.g. the nominal-Adam start reads them differently), so resuming a
   checkpoint under another ``hrnn`` config is refused.
   """
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return None
   from metatrain import checkpoints  # pylint: disable=import-outside-toplevel
   from metatrain.hrnn_config import HRNNConfig  # pylint: disable=import-outside-toplevel
-  with checkpoints.Checkpointer(workdir, read_only=True) as ckpt:
-    latest = ckpt.latest_step()
-    if latest is None:
-      return None
-    saved = ckpt.restore_meta(latest).get("config", {}).get("hrnn")
+  stored = checkpoints.stored_config(workdir)  # no JAX before Ray forks
+  if stored is None:
+    return None
+  latest, saved = stored[0], stored[1].get("hrnn")
   if saved is None:
     return None
   old, now = HRNNConfig.from_dict(saved).to_dict(), cfg.hrnn.to_dict()
@@ -163,9 +225,9 @@ def _cmd_export(args) -> int:
     if args.inspect:
       print(export_cmd.inspect(args.inspect))
       return 0
-    if not args.workdir or not args.out:
-      raise UsageError("export needs --workdir W and --out FILE.lopt (or "
-                       "--inspect FILE.lopt)")
+    if not args.out:
+      raise UsageError("export needs --out FILE.lopt (or --inspect "
+                       "FILE.lopt)")
     meta = export_cmd.export_checkpoint(args.workdir, args.out, args.step,
                                         args.best)
   except (ValueError, FileNotFoundError) as e:
@@ -174,11 +236,15 @@ def _cmd_export(args) -> int:
   summary = ("no evaluation recorded" if ev is None else
              f"learned wins {ev['tasks_won']}/{ev['tasks']} tasks of suite "
              f"{ev['suite']}, geometric-mean ratio "
-             f"{ev['geomean_ratio_to_best_baseline']}")
+             f"{_ratio(ev['geomean_ratio_to_best_baseline'])}")
   print(f"wrote {args.out}: checkpoint step {meta['source']['step']} "
         f"({meta['source']['selected_by']}); {summary}. Use it with "
         f"metatrain.load_optimizer({args.out!r})")
   return 0
+
+
+def _ratio(v) -> str:
+  return "n/a (diverged)" if v is None else f"{v:.3g}"
 
 
 def _cmd_launch(args) -> int:

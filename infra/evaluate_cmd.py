@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 1 some runs raised (they are not recorded, and a rerun
 retries them); 2 bad input (unknown suite or key, missing workdir, dataset
-or checkpoint, unreadable ``.lopt``), with a one-line error naming the fix;
+or checkpoint, unreadable ``.lopt``, and with ``--once`` a newest
+checkpoint that cannot be read), with a one-line error naming the fix;
 130 interrupted (a rerun finishes what is missing).
 """
 
@@ -35,7 +36,12 @@ def main(args) -> int:
   if args.poll <= 0:
     raise UsageError("--poll must be > 0")
   workdir = args.workdir
+  src = None
   if args.lopt:
+    try:  # before anything is created in workdir
+      src = watch.file_source(args.lopt)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
     os.makedirs(workdir, exist_ok=True)
   elif not os.path.isdir(workdir):
     raise UsageError(f"workdir {workdir} does not exist: start `lopt train "
@@ -56,11 +62,7 @@ def main(args) -> int:
     except (FileNotFoundError, ValueError) as e:  # missing dataset, ...
       raise UsageError(str(e)) from None
     try:
-      if args.lopt:
-        try:
-          src = watch.file_source(args.lopt)
-        except ValueError as e:
-          raise UsageError(str(e)) from None
+      if src is not None:
         ev.evaluate(src)
         shown = src.id
       else:
@@ -68,16 +70,20 @@ def main(args) -> int:
           ev.follow(once=args.once, poll_s=args.poll)
         except watch.NoCheckpointError as e:
           raise UsageError(str(e)) from None
-        shown = None
+        except ValueError as e:  # --once: the newest step is unreadable
+          raise UsageError(
+              f"cannot evaluate the newest checkpoint: {e}. `lopt train` "
+              "sets a damaged step aside when it resumes; or evaluate a "
+              "file with --lopt") from None
+        shown = ev.evaluated
     finally:
       ev.close()
   finally:
     for s, h in old.items():
       signal.signal(s, h)
   recs = records.read(ev.writer.path)
-  srcs = [shown] if shown else records.sources(recs)[-1:]
-  for src in srcs:
-    print("\n".join(watch.table(recs, src)))
+  if shown is not None:  # only the table of what this run evaluated
+    print("\n".join(watch.table(recs, shown)))
   c = ev.counters
   print(f"lopt evaluate: {c['runs']} runs, {c['cached']} from the baseline "
         f"cache, {c['skipped']} already recorded, {c['errors']} errors; "

@@ -78,6 +78,7 @@ def export_checkpoint(workdir: str, out: str, step: int | None = None,
   the metadata written."""
   if not os.path.isdir(workdir):
     raise ExportError(f"workdir {workdir} does not exist")
+  export.check_destination(out)  # before reading any checkpoint
   ck = checkpoints.Checkpointer(workdir, read_only=True)
   try:
     steps = ck.all_steps()

@@ -52,11 +52,17 @@ def _run(args) -> int:
     return _submit(args, _cluster(args.cluster))
   p = RaisingParser(prog=f"lopt launch {args.action}")
   if args.action != "list":
-    p.add_argument("job_id")
+    p.add_argument("job_id", help="the id `lopt launch train|evaluate` "
+                   "printed (or `lopt launch list` shows)")
   if args.action == "logs":
-    p.add_argument("--follow", "-f", action="store_true")
-  p.add_argument("--address", default=args.address)
-  p.add_argument("--cluster", default=args.cluster)
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="keep printing new output until the job ends "
+                   "(Ctrl-C stops following, not the job)")
+  p.add_argument("--address", default=args.address, metavar="URL",
+                 help="Jobs API address (default: the cluster file's "
+                 "tunnel, http://127.0.0.1:8265)")
+  p.add_argument("--cluster", default=args.cluster, metavar="FILE",
+                 help="cluster file whose dashboard port to use")
   try:
     sub = p.parse_args(args.rest)
   except UsageError as e:

@@ -78,6 +78,21 @@ token: ~/.ray/auth_token, or set RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN.
 """
 
 
+DEFAULT_WORKDIR = "runs/default"
+
+TRAIN_EXAMPLES = """examples:
+  lopt train                                   # local Ray, runs/default
+  lopt train --config tiny --steps 20          # a smoke test in minutes
+  lopt train --workdir runs/a --evaluators 1   # evaluate checkpoints as it trains
+  lopt train --set unroll.steps_mean=50 --set learner.save_every=5
+  lopt train --address auto --workdir /mnt/runs/a   # join a running cluster
+
+Ctrl-C saves a checkpoint and stops; the same command resumes. One trainer
+per workdir (WORKDIR/train.lock). `meta_loss` is the mean log(loss / initial
+loss) of the current unrolls: negative while tasks train, lower is better.
+"""
+
+
 def build_parser(parser_class=argparse.ArgumentParser
                  ) -> argparse.ArgumentParser:
   """The ``lopt`` parser; ``parser_class`` also builds the subcommands'."""
@@ -94,9 +109,12 @@ def build_parser(parser_class=argparse.ArgumentParser
   d.add_argument("--seed", type=int, default=0)
   d.set_defaults(command="demo")
 
-  t = sub.add_parser("train", help="meta-train the HRNN optimizer")
-  t.add_argument("--workdir", default="runs/default",
-                 help="output dir: config.json, checkpoints/, tb/")
+  t = sub.add_parser("train", help="meta-train the HRNN optimizer",
+                     epilog=TRAIN_EXAMPLES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+  t.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                 help="output dir: config.json, checkpoints/, tb/, lopt.log "
+                 f"(default: {DEFAULT_WORKDIR})")
   t.add_argument("--config", default="default",
                  help="preset name (default, tiny, paper) or a JSON file")
   t.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -123,11 +141,13 @@ def build_parser(parser_class=argparse.ArgumentParser
       "tuned Adam, RMSProp and SGD-momentum",
       epilog=EVALUATE_EXAMPLES,
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  e.add_argument("--workdir", required=True,
+  e.add_argument("--workdir", default=DEFAULT_WORKDIR,
                  help="the training run's workdir; records go to "
-                 "WORKDIR/eval/records.jsonl, TensorBoard to WORKDIR/tb/eval")
+                 "WORKDIR/eval/records.jsonl, TensorBoard to WORKDIR/tb/eval "
+                 f"(default: {DEFAULT_WORKDIR})")
   e.add_argument("--suite", default="small",
-                 help="small (default), heldout, imagenet or retina")
+                 help="small (default), heldout, validation, imagenet or "
+                 "retina")
   mode = e.add_mutually_exclusive_group()
   mode.add_argument("--follow", action="store_true",
                     help="keep evaluating new checkpoints (the default)")
@@ -151,24 +171,31 @@ def build_parser(parser_class=argparse.ArgumentParser
       "vs tuned baselines per task, trend over checkpoints) and an HTML "
       "report", epilog=MONITOR_EXAMPLES,
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  m.add_argument("--workdir", required=True)
+  m.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                 help="the run whose WORKDIR/eval/records.jsonl to show "
+                 f"(default: {DEFAULT_WORKDIR})")
   m.add_argument("--html", metavar="FILE",
                  help="also write a self-contained HTML report with plots")
   m.add_argument("--watch", action="store_true",
                  help="refresh the table (and report) every --interval s")
-  m.add_argument("--interval", type=float, default=30.0)
+  m.add_argument("--interval", type=float, default=30.0, metavar="SECONDS",
+                 help="seconds between refreshes with --watch (default 30)")
   m.set_defaults(command="monitor")
 
   x = sub.add_parser(
       "export", help="write a checkpoint as a single .lopt optimizer file "
       "(or --inspect one)", epilog=EXPORT_EXAMPLES,
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  x.add_argument("--workdir")
+  x.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                 help="the run whose checkpoints to export (default: "
+                 f"{DEFAULT_WORKDIR})")
   pick = x.add_mutually_exclusive_group()
   pick.add_argument("--step", type=int, help="this checkpoint step")
   pick.add_argument("--best", action="store_true",
                     help="the checkpoint with the best evaluator score")
-  x.add_argument("--out", metavar="FILE.lopt")
+  x.add_argument("--out", metavar="FILE.lopt",
+                 help="the file to write (required, unless --inspect); its "
+                 "directory must exist")
   x.add_argument("--inspect", metavar="FILE.lopt",
                  help="print a .lopt file's metadata and exit")
   x.set_defaults(command="export")

@@ -15,9 +15,14 @@ garbage.
 
 A step dir counts as complete only if its ``_CHECKPOINT_METADATA`` file (which
 Orbax 0.12 stamps with ``commit_timestamp_nsecs`` when it finalises a save)
-parses and all four item dirs exist. Incomplete numbered dirs, Orbax temporary
-dirs (``*.orbax-checkpoint-tmp*``) and foreign entries are skipped with a
-warning and never deleted.
+parses and all four item dirs exist. Readers skip incomplete numbered dirs,
+Orbax temporary dirs (``*.orbax-checkpoint-tmp*``) and foreign entries with a
+warning, and never delete anything. The trainer, which holds the workdir's
+lock (``metatrain/workdir_lock.py``) and so knows that no other save is in
+progress, sets incomplete and corrupt steps aside (``set_aside``: renamed to
+``<step>.corrupt-<time>``, kept for inspection, then ignored by everyone) and
+removes the temporary dirs of saves that can no longer finish
+(``remove_stale_tmp``).
 
 Retention: the ``keep_last`` newest complete steps are kept, plus every step
 that is a multiple of ``keep_every`` (if > 0). E.g. keep_last=2, keep_every=5
@@ -30,7 +35,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +54,25 @@ _COMMIT_FILE = "_CHECKPOINT_METADATA"
 _TMP_MARK = ".orbax-checkpoint-tmp"
 _ORBAX_ROOT_ENTRIES = ("metadata",)  # Orbax's root-metadata dir
 _STEP_RE = re.compile(r"0|[1-9]\d*")  # Orbax's standard step names
+_ASIDE_MARK = ".corrupt-"  # set-aside steps: <step>.corrupt-<time>
+
+
+class CorruptCheckpointError(ValueError):
+  """A complete-looking step that is damaged (unreadable, or its arrays do
+  not match their stored digests); ``reason`` says which."""
+
+  def __init__(self, path: Path, reason: str):
+    super().__init__(f"checkpoint step dir {path} is corrupt: {reason}; "
+                     "remove it or restore an earlier step")
+    self.reason = reason
+
+
+class CheckpointRestoreError(ValueError):
+  """Orbax could not read a step (damaged files, or another structure)."""
+
+
+class CheckpointSaveError(OSError):
+  """A save failed (e.g. a full disk); the earlier checkpoints are intact."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +103,46 @@ def is_complete_step_dir(path: Path) -> bool:
   if not isinstance(meta, dict) or meta.get("commit_timestamp_nsecs") is None:
     return False
   return all((path / item).is_dir() for item in _ITEMS)
+
+
+def _os_error(e: BaseException) -> str:
+  """The OS error behind a failed save ("No space left on device"), or the
+  exception's first 200 characters."""
+  seen = set()
+  cause: BaseException | None = e
+  while cause is not None and id(cause) not in seen:
+    seen.add(id(cause))
+    if isinstance(cause, OSError) and cause.errno:
+      return os.strerror(cause.errno)
+    m = re.search(r"os_error_code='(\d+)'|\[Errno (\d+)\]", str(cause))
+    if m:
+      return os.strerror(int(m.group(1) or m.group(2)))
+    cause = cause.__cause__ or cause.__context__
+  return " ".join(str(e).split())[:200] or type(e).__name__
+
+
+def stored_config(workdir: str) -> tuple[int, dict[str, Any]] | None:
+  """``(step, config)`` of the newest complete step, or None.
+
+  Reads the step's JSON item directly, without Orbax or JAX: ``lopt train``
+  checks it before it starts Ray, and Ray forks its processes, which must
+  happen before JAX's threads exist.
+  """
+  root = Path(workdir) / "checkpoints"
+  if not root.is_dir():
+    return None
+  steps = sorted((int(p.name) for p in root.iterdir()
+                  if _STEP_RE.fullmatch(p.name) and is_complete_step_dir(p)),
+                 reverse=True)
+  for step in steps:
+    try:
+      meta = json.loads((root / str(step) / "state_meta" / "metadata"
+                         ).read_text())
+    except (OSError, ValueError):
+      continue  # damaged: the trainer sets it aside when it resumes
+    if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
+      return step, meta["config"]
+  return None
 
 
 def _to_host(tree: Any) -> Any:
@@ -183,10 +250,8 @@ class Checkpointer:
     if step in self._mngr.all_steps():
       return False
     target = self.directory / str(step)
-    if target.exists():
-      raise ValueError(
-          f"cannot save step {step}: {target} exists but is not a complete"
-          " checkpoint; remove it first")
+    if target.exists():  # an interrupted earlier save of this step
+      self.set_aside(step)
     theta, opt_state = _to_host(theta), _to_host(opt_state)
     args = ocp.args.Composite(
         state=ocp.args.StandardSave({"theta": theta, "opt_state": opt_state}),
@@ -197,15 +262,104 @@ class Checkpointer:
         lopt=ocp.args.StandardSave(theta),
         lopt_meta=ocp.args.JsonSave(
             {"step": step, "config": config, "theta_digest": _digest(theta)}))
-    saved = self._mngr.save(step, args=args, force=force)
+    try:
+      saved = self._mngr.save(step, args=args, force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax first waits for the previous async save: that may be what
+      # failed.
+      failed = min(self._in_flight) if self._in_flight else step
+      raise self._save_failed(failed, e, also=(step,)) from e
     if saved:
       self._in_flight.add(step)
     return bool(saved)
 
   def wait(self) -> None:
-    """Blocks until pending saves (and retention deletions) are finished."""
-    self._mngr.wait_until_finished()
+    """Blocks until pending saves (and retention deletions) are finished.
+
+    Raises:
+      CheckpointSaveError: an asynchronous save failed; its partial
+        temporary dir is removed.
+    """
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      step = max(self._in_flight) if self._in_flight else None
+      raise self._save_failed(step, e) from e
     self._in_flight.clear()
+
+  def _save_failed(self, step: int | None, e: Exception,
+                   also: tuple[int, ...] = ()) -> CheckpointSaveError:
+    """Removes the temporary dirs of the failed saves (in flight, ``step``
+    and ``also``); the error to raise, naming ``step``."""
+    for s in set(self._in_flight) | set(also) | (
+        {step} if step is not None else set()):
+      for p in self.directory.glob(f"{s}{_TMP_MARK}*"):
+        shutil.rmtree(p, ignore_errors=True)
+    self._in_flight.clear()
+    try:
+      usage = shutil.disk_usage(self.directory)
+      space = (f"{usage.free / 2**20:.1f} MiB free of "
+               f"{usage.total / 2**20:.1f} MiB")
+    except OSError:
+      space = "free space unknown"
+    detail = _os_error(e)
+    latest = self.latest_step()
+    kept = (f"step {latest} is the newest complete checkpoint" if latest
+            is not None else "no earlier checkpoint exists")
+    what = f"step {step}" if step is not None else "a checkpoint"
+    return CheckpointSaveError(
+        f"could not save {what} in {self.directory} ({detail}; {space}); "
+        f"{kept}. Free space or move --workdir, then rerun the same command "
+        "to resume")
+
+  def set_aside(self, step: int) -> Path:
+    """Renames step dir ``step`` to ``<step>.corrupt-<time>``; returns it.
+
+    Only for the trainer holding the workdir lock. The dir is kept (for
+    inspection or recovery) and ignored by every reader from then on, so it
+    can never make a later save of ``step`` fail.
+    """
+    if self.read_only:
+      raise PermissionError(f"Checkpointer on {self.directory} is read-only")
+    src = self.directory / str(step)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    dst = self.directory / f"{step}{_ASIDE_MARK}{stamp}"
+    n = 1
+    while dst.exists():
+      n += 1
+      dst = self.directory / f"{step}{_ASIDE_MARK}{stamp}-{n}"
+    src.rename(dst)
+    if self._mngr_obj is not None:
+      self._mngr_obj.reload()
+    return dst
+
+  def set_aside_incomplete(self) -> list[tuple[int, Path]]:
+    """Sets aside every incomplete numbered step dir (trainer only)."""
+    out = []
+    if not self.directory.is_dir():
+      return out
+    for p in sorted(self.directory.iterdir()):
+      if (_STEP_RE.fullmatch(p.name) and p.is_dir() and
+          not is_complete_step_dir(p)):
+        out.append((int(p.name), self.set_aside(int(p.name))))
+    return out
+
+  def remove_stale_tmp(self) -> list[Path]:
+    """Removes Orbax temporary dirs of saves that cannot finish any more.
+
+    Only for the trainer holding the workdir lock, before its first save:
+    no other process saves into this directory, so these are the partial
+    writes of a killed or failed run, never resumable.
+    """
+    out = []
+    if not self.directory.is_dir():
+      return out
+    for p in sorted(self.directory.iterdir()):
+      if _TMP_MARK in p.name and p.name.split(".")[0] not in {
+          str(s) for s in self._in_flight}:
+        shutil.rmtree(p, ignore_errors=True)
+        out.append(p)
+    return out
 
   def all_steps(self) -> list[int]:
     """Complete steps on disk, ascending; warns once about skipped entries."""
@@ -225,8 +379,8 @@ class Checkpointer:
         if name.split(".")[0] in {str(s) for s in self._in_flight}:
           continue  # our own save in progress
         why = "uncommitted Orbax temporary dir (interrupted or ongoing save)"
-      elif name in _ORBAX_ROOT_ENTRIES:
-        continue
+      elif name in _ORBAX_ROOT_ENTRIES or _ASIDE_MARK in name:
+        continue  # Orbax's metadata; steps set aside (already reported)
       else:
         why = "not a checkpoint step"
       if str(p) not in self._warned:
@@ -256,18 +410,18 @@ class Checkpointer:
     try:
       return self._mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(
+      raise CheckpointRestoreError(
           f"failed to restore checkpoint step dir {path}"
-          f" ({type(e).__name__}: {e}). If it is corrupt, remove it or restore"
+          f" ({type(e).__name__}: {' '.join(str(e).split())[:300]}). If it"
+          " is corrupt, remove it or restore"
           " an earlier step; if opt_state_template differs from the saved"
           " meta-optimizer state, pass a matching one.") from e
 
   @staticmethod
   def _check(tree: Any, digest: str, what: str, path: Path) -> None:
     if _digest(tree) != digest:
-      raise ValueError(
-          f"checkpoint step dir {path} is corrupt: {what} does not match its"
-          " stored digest; remove it or restore an earlier step")
+      raise CorruptCheckpointError(
+          path, f"{what} does not match its stored digest")
 
   def restore_lopt(self, step: int | None = None
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -304,11 +458,26 @@ class Checkpointer:
       config and step.
     """
     step, path = self._resolve(step)
-    _, theta = self.restore_lopt(step)
+    try:
+      _, theta = self.restore_lopt(step)
+    except CheckpointRestoreError as e:  # needs no template: damaged files
+      raise CorruptCheckpointError(
+          path, f"its theta cannot be read ({e.__cause__!r:.200})") from e
     target = {"theta": theta, "opt_state": jax.tree.map(
         lambda x: np.zeros(x.shape, x.dtype), opt_state_template)}
-    r = self._restore(step, path, state=ocp.args.StandardRestore(target),
+    try:
+      r = self._restore(step, path, state=ocp.args.StandardRestore(target),
+                        state_meta=ocp.args.JsonRestore())
+    except CheckpointRestoreError as e:
+      # The template, or the files? Read the state as stored, untemplated:
+      # if that fails too, the files are damaged.
+      try:
+        self._restore(step, path, state=ocp.args.StandardRestore(),
                       state_meta=ocp.args.JsonRestore())
+      except CheckpointRestoreError:
+        raise CorruptCheckpointError(
+            path, f"its state cannot be read ({e.__cause__!r:.200})") from e
+      raise
     state, meta = r["state"], r["state_meta"]
     self._check(state["theta"], meta["theta_digest"], "theta", path)
     self._check(state["opt_state"], meta["opt_state_digest"], "opt_state",

@@ -54,17 +54,49 @@ def save_optimizer(path: str | os.PathLike, config: hrnn.HRNNConfig,
       "metadata": json.dumps(metadata, sort_keys=True),
   })
   path = os.fspath(path)
+  check_destination(path)
   d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".lopt")
+  try:
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".lopt")
+  except OSError as e:
+    raise ValueError(f"cannot write {path}: {e.strerror} ({d})") from None
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(blob)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as open() would; mkstemp makes 0600
     os.replace(tmp, path)
-  except BaseException:
+  except OSError as e:
+    raise ValueError(f"cannot write {path}: {e.strerror}") from None
+  finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
-    raise
+
+
+def check_destination(path: str | os.PathLike) -> None:
+  """Raises ValueError, naming the fix, if ``path`` cannot take a file.
+
+  A directory, a missing or non-directory parent, and an existing file
+  that is read-only are refused: nothing is created or replaced.
+  """
+  path = os.fspath(path)
+  d = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise ValueError(f"{path} is a directory: give a file name, e.g. "
+                     f"{os.path.join(path, 'optimizer.lopt')}")
+  if not os.path.exists(d):
+    raise ValueError(f"cannot write {path}: directory {d} does not exist; "
+                     "create it first")
+  if not os.path.isdir(d):
+    raise ValueError(f"cannot write {path}: {d} is not a directory")
+  # Mode bits, not os.access: root may write anything, but a file someone
+  # made read-only is not to be replaced.
+  if os.path.exists(path) and not os.stat(path).st_mode & 0o222:
+    raise ValueError(f"{path} exists and is read-only; remove it or choose "
+                     "another file")
+  if not os.access(d, os.W_OK):
+    raise ValueError(f"cannot write {path}: directory {d} is not writable")
 
 
 def _check_theta(path: str, config: hrnn.HRNNConfig, theta: Any) -> None:

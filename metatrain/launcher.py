@@ -11,10 +11,12 @@ Ray down cleanly.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -41,9 +43,11 @@ def init_ray(address: str | None, dashboard: bool = False) -> bool:
   if address:
     ray.init(address=address, runtime_env=env, log_to_driver=True)
   else:
+    # WARNING: no "Started a local Ray instance" line; lopt says what it
+    # started. (infra/cli.py sets RAY_AUTH_MODE=token for local starts.)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=dashboard,
              dashboard_host="127.0.0.1", runtime_env=env,
-             log_to_driver=True)
+             log_to_driver=True, logging_level=logging.WARNING)
   return True
 
 
@@ -98,6 +102,87 @@ def record_session(workdir: str, start_step: int) -> None:
   os.replace(tmp, path)
 
 
+def resume(ckpt: checkpoints.Checkpointer, opt_state_template: Any,
+           log=_log) -> dict[str, Any] | None:
+  """The newest good checkpoint, setting aside what cannot be resumed.
+
+  Only for the trainer holding the workdir lock. Incomplete numbered step
+  dirs (an interrupted save) and steps whose arrays fail their digests
+  are renamed ``<step>.corrupt-<time>`` with one warning line each, and the
+  next older step is tried; Orbax temporary dirs of saves that can never
+  finish are removed. Any other restore failure (e.g. a meta-optimizer
+  config that no longer matches the saved state) raises: that checkpoint
+  is fine, the command is not.
+  """
+  for step, path in ckpt.set_aside_incomplete():
+    log(f"lopt: warning: checkpoint step {step} is incomplete (an "
+        f"interrupted save); set aside as {path}")
+  for path in ckpt.remove_stale_tmp():
+    log(f"lopt: note: removed the partial save {path} of an earlier run")
+  for step in reversed(ckpt.all_steps()):
+    try:
+      return ckpt.restore(step, opt_state_template=opt_state_template)
+    except checkpoints.CorruptCheckpointError as e:
+      path = ckpt.set_aside(step)
+      log(f"lopt: warning: checkpoint step {step} is corrupt ({e.reason}); "
+          f"set aside as {path}; trying the step before it")
+  return None
+
+
+def _duration(seconds: float) -> str:
+  """``1h05m``, ``12m``, ``40s``: the time left at the rate so far."""
+  seconds = int(round(seconds))
+  if seconds >= 3600:
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+  return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
+
+
+class ResourceError(ValueError):
+  """The workers asked for do not fit the local Ray instance."""
+
+
+def check_fit(cfg: TrainConfig, n_workers: int, resources: dict[str, float],
+              local: bool, log=_log) -> None:
+  """Refuses (local Ray) or warns about (a cluster) workers that cannot fit.
+
+  On the local instance that ``lopt train`` started, actors that do not fit
+  would wait forever; a cluster may still grow (an autoscaler), so there
+  it is a warning.
+  """
+  need = {"CPU": n_workers * cfg.worker.num_cpus +
+                 cfg.evaluator.count * cfg.evaluator.num_cpus,
+          "GPU": n_workers * cfg.worker.num_gpus +
+                 cfg.evaluator.count * cfg.evaluator.num_gpus,
+          "TPU": n_workers * cfg.worker.tpus}
+  short = {k: (v, resources.get(k, 0)) for k, v in need.items()
+           if v > resources.get(k, 0) + 1e-9}
+  if not short:
+    return
+  what = ", ".join(f"{v:g} {k} (it has {have:g})" for k, (v, have) in
+                   short.items())
+  msg = (f"{n_workers} worker{'s' if n_workers != 1 else ''} (worker."
+         f"num_cpus={cfg.worker.num_cpus:g} each) and {cfg.evaluator.count} "
+         f"evaluator(s) need {what}")
+  if local:
+    fit = int((resources.get("CPU", 0) - cfg.evaluator.count *
+               cfg.evaluator.num_cpus) // max(cfg.worker.num_cpus, 1e-9))
+    raise ResourceError(f"{msg} on this machine's Ray; use --workers "
+                        f"{max(fit, 1)} or fewer (or omit --workers)")
+  log(f"lopt: warning: {msg} in the cluster now; the rest start when nodes "
+      "join")
+
+
+def _wait_started(ray, refs, every_s: float = 30.0) -> list[int]:
+  """The workers' pids, saying every ``every_s`` how many have started."""
+  t0 = time.time()
+  while True:
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=every_s)
+    if len(ready) == len(refs):
+      return ray.get(refs)
+    _log(f"lopt train: {len(ready)} of {len(refs)} workers started after "
+         f"{time.time() - t0:.0f}s (waiting for resources)")
+
+
 def default_num_workers(cfg: TrainConfig) -> int:
   """Workers that fit the cluster, leaving one CPU for the learner."""
   import ray  # pylint: disable=import-outside-toplevel
@@ -147,21 +232,31 @@ def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
   steps_target = args.steps if args.steps is not None else cfg.steps
   opt = meta_step.meta_optimizer(cfg.meta_opt)
   started_ray = init_ray(args.address, getattr(args, "dashboard", False))
-  ckpt = checkpoints.Checkpointer(
-      workdir,
-      checkpoints.CheckpointConfig(keep_last=cfg.learner.keep_last,
-                                   keep_every=cfg.learner.keep_every,
-                                   save_every=cfg.learner.save_every))
+  n_workers = args.workers or default_num_workers(cfg)
+  try:
+    check_fit(cfg, n_workers, ray.cluster_resources(), local=started_ray,
+              log=_log)
+  except ResourceError:
+    if started_ray:
+      ray.shutdown()
+    raise
+  with warnings.catch_warnings():
+    # resume() below reports (and sets aside) what the reader would warn of.
+    warnings.simplefilter("ignore", UserWarning)
+    ckpt = checkpoints.Checkpointer(
+        workdir,
+        checkpoints.CheckpointConfig(keep_last=cfg.learner.keep_last,
+                                     keep_every=cfg.learner.keep_every,
+                                     save_every=cfg.learner.save_every))
   theta = hrnn.init_theta(jax.random.PRNGKey(cfg.seed), cfg.hrnn)
   state = learner.LearnerState(theta, opt.init(theta), 0, {})
   rng = np.random.default_rng(cfg.seed)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    r = ckpt.restore(latest, opt_state_template=state.opt_state)
+  r = resume(ckpt, state.opt_state)
+  if r is not None:
     state = learner.LearnerState(r["theta"], r["opt_state"], r["step"],
                                  dict(r["counters"]))
     rng.bit_generator.state = r["rng_state"]
-    _log(f"resumed from {workdir}/checkpoints step {latest} (theta "
+    _log(f"resumed from {workdir}/checkpoints step {r['step']} (theta "
          f"{theta_digest(state.theta)})")
   if state.step >= steps_target:
     _log(f"already at step {state.step} >= --steps {steps_target}; nothing "
@@ -180,17 +275,18 @@ def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
 
   old = {s: signal.signal(s, _handler) for s in (signal.SIGINT,
                                                  signal.SIGTERM)}
-  n_workers = args.workers or default_num_workers(cfg)
   cfg_dict = config_lib.to_dict(cfg)
   actor = ray.remote(UnrollWorker).options(**actor_options(cfg.worker))
   seed = int(rng.integers(2**31))
   workers = [actor.remote(i, cfg_dict, seed) for i in range(n_workers)]
+  pids = _wait_started(ray, [w.pid.remote() for w in workers])
   with open(os.path.join(workdir, "workers.json"), "w") as f:
-    json.dump({"pids": ray.get([w.pid.remote() for w in workers])}, f)
+    json.dump({"pids": pids}, f)
   batch = cfg.learner.grads_per_update or n_workers
   if (advice := programs.map_limit_advice()) is not None:
     _log(advice)
-  _log(f"lopt train: {n_workers} workers x {cfg.tasks.num_groups} groups x "
+  _log(f"lopt train: {n_workers} worker{'s' if n_workers != 1 else ''} x "
+       f"{cfg.tasks.num_groups} groups x "
        f"{cfg.unroll.tasks_per_group} tasks, batch {batch}, steps "
        f"{state.step} -> {steps_target}, workdir {workdir}")
   tb = _TB(os.path.join(workdir, "tb"))
@@ -231,7 +327,8 @@ def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
     if (st.step % cfg.log_every == 0 or st.step == steps_target or
         st.step - start_step <= 3):
       rate = (st.step - start_step) / max(time.time() - t0, 1e-9)
-      _log(f"step {st.step:>6}/{steps_target}  meta_loss "
+      eta = _duration((steps_target - st.step) / max(rate, 1e-9))
+      _log(f"step {st.step:>6}/{steps_target}  eta {eta}  meta_loss "
            f"{m['meta_loss']:+.4f}  |g| {m['grad_norm']:.3g}  stale "
            f"{m['staleness']:.1f}  task-steps/s {m['task_steps_per_s']:,.0f}"
            f"  steps/s {rate:.2f}  dropped stale/dup/nan "
@@ -242,6 +339,7 @@ def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
            f"{st.counters.get('worker_errors', 0)}")
     save(st)
 
+  save_failed = False
   try:
     state = learner.run(state, workers, opt, steps=steps_target,
                         max_staleness=cfg.learner.max_staleness,
@@ -258,8 +356,17 @@ def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
       evals.finish(state.step, cfg.evaluator.final_timeout_s,
                    should_stop=lambda: stop["flag"])
       sync_session_counters(state)
+  except checkpoints.CheckpointSaveError:
+    save_failed = True
+    raise
   finally:
-    ckpt.close()
+    # Every part is shut down even if one fails; a save error raised by
+    # close() (an async save that failed) goes up unless one already does.
+    close_error = None
+    try:
+      ckpt.close()
+    except checkpoints.CheckpointSaveError as e:
+      close_error = e
     tb.close()
     if evals is not None:
       evals.shutdown()
@@ -269,6 +376,8 @@ def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
       ray.shutdown()  # with --address this only disconnects the driver
     for s, h in old.items():
       signal.signal(s, h)
+    if close_error is not None and not save_failed:
+      raise close_error
   with open(os.path.join(workdir, "counters.json"), "w") as f:
     json.dump({"step": state.step, **state.counters}, f, indent=2)
   return 130 if stop["flag"] and state.step < steps_target else 0

@@ -2,11 +2,11 @@
 
 ``from_dict(cls, d)`` builds any config dataclass of lopt (``TrainConfig``
 and its parts, ``HRNNConfig``, the evaluator suites) from a dict, checking
-every field's type and refusing unknown keys with a ``ValueError`` that
-names the key's path. A dataclass may define ``from_dict(d, where)`` of its
-own to fill in fields that old files lack (``HRNNConfig``'s legacy
-defaults); nested fields of that type go through it, so a dict means the
-same config whichever loader reads it. A missing field otherwise takes the
+every field's type (numbers must be finite) and refusing unknown keys
+with a ``ValueError`` that names the key's path. A dataclass may define
+``from_dict(d, where)`` of its own to fill in fields that old files lack
+(``HRNNConfig``'s legacy defaults); nested fields of that type go through
+it, so a dict means the same config whichever loader reads it. A missing field otherwise takes the
 class default. User-facing partial configs (presets, ``--config`` files)
 are merged onto the current defaults first (``config.load``), so that only
 stored, complete configs ever meet the legacy defaults.
@@ -15,6 +15,7 @@ stored, complete configs ever meet the legacy defaults.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any
 
@@ -40,6 +41,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     raise ValueError(f"{where} must be an integer, got {value!r}")
   if typ is float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+      if not math.isfinite(value):  # JSON has no inf/nan; no config wants one
+        raise ValueError(f"{where} must be a finite number, got {value!r}")
       return float(value)
     raise ValueError(f"{where} must be a number, got {value!r}")
   if typ is str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -50,7 +51,11 @@ def _restarted_by_ray() -> bool:
     import ray  # pylint: disable=import-outside-toplevel
     if not ray.is_initialized():
       return False
-    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    with warnings.catch_warnings():
+      # Ray 2.60's own property reads its deprecated ``actor_id`` and warns
+      # "Use get_actor_id() instead" in every worker; nothing of ours to fix.
+      warnings.simplefilter("ignore", DeprecationWarning)
+      return bool(ray.get_runtime_context().was_current_actor_reconstructed)
   except Exception:  # pylint: disable=broad-except
     return False  # not inside a Ray actor
 

@@ -126,3 +126,19 @@ if os.environ.get("LOPT_TEST_COMPILE_REPORT") == "1":
       terminalreporter.write_line(
           f"  {sum(parts):7.1f}  {parts[0]:6.1f} {parts[1]:6.1f} "
           f"{parts[2]:6.1f}  {f}")
+
+
+@pytest.fixture(name="small_disk")
+def _small_disk(tmp_path):
+  """A fresh 3 MiB tmpfs: full-disk faults for real (needs root and mount
+  rights, as on CI's machine; elsewhere the test skips, saying why)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  mnt = tmp_path / "disk"
+  mnt.mkdir()
+  r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs",
+                      str(mnt)], capture_output=True, text=True, check=False)
+  if r.returncode:
+    pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip()}); "
+                "the full-disk tests need root and mount rights")
+  yield mnt
+  subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -3,6 +3,8 @@
 import json
 import math
 
+import pytest
+
 from evaluators import records
 
 
@@ -94,3 +96,28 @@ def test_geomean_counts_divergence_as_a_loss():
   # A 0 ratio (only the baseline diverged) is 1e-300, not -inf or nan.
   assert 0.0 < records.geomean([0.0, 1.0]) < 1e-140
   assert math.isnan(records.geomean([]))
+
+
+def test_records_without_the_fields_readers_need_are_skipped_and_counted(
+    tmp_path):
+  path = tmp_path / "records.jsonl"
+  w = records.RecordWriter(str(path))
+  good = [_rec("a", "adam", 1.0, 1e-3), _rec("b", "learned", None,
+                                             diverged=True)]
+  for r in good:
+    w.append(r)
+  bad = [{"key": "x"}, dict(good[0], key="y", final_loss="abc"),
+         dict(good[0], key="z", seed=True), dict(good[0], key="v",
+                                                 hparams={"learning_rate":
+                                                          "fast"}), [1]]
+  with open(path, "a") as f:
+    for b in bad:
+      f.write(json.dumps(b) + "\n")
+    f.write("{not json\n")
+  with pytest.warns(UserWarning) as rec:
+    assert records.read(str(path)) == good
+  (msg,) = [str(m.message) for m in rec]
+  assert "skipped 6 unusable line(s) (line 3: no 'source'; line 4: " \
+      "'final_loss' is 'abc'; line 5: 'seed' is True and 3 more)" in msg
+  rows = records.summarize(records.read(str(path)), "step:5")
+  assert [r["task"] for r in rows] == ["t"]  # readers see only good records

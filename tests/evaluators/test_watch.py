@@ -116,8 +116,11 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
   corrupt = tmp_path / "corrupt.lopt"
   corrupt.write_bytes(b"\x93not msgpack")
   cases.append((["--workdir", tmp_path, "--lopt", corrupt], "corrupt.lopt"))
+  cases.append((["--workdir", tmp_path / "new", "--lopt", corrupt],
+                "corrupt.lopt"))
   for args, expected in cases:  # in this process: cli.main as `lopt`
     assert cli.main(["evaluate", *map(str, args)]) == 2, args
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lopt: error: "), lines
     assert expected in lines[0], (args, lines)
+  assert not (tmp_path / "new").exists()  # a refused file creates nothing

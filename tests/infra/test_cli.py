@@ -1,6 +1,7 @@
 """The lopt command line: config errors, task listing, single-process train."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def test_bad_set_exits_2_with_one_line_error(override, needle, tmp_path,
     (["monitor", "--workdir", "MISSING"], "does not exist"),
     (["monitor", "--workdir", ".", "--interval", "0"],
      "--interval must be > 0"),
-    (["export", "--workdir", "."], "export needs --workdir W and --out"),
+    (["export", "--workdir", "."], "export needs --out FILE.lopt"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(argv, needle, tmp_path,
                                              capsys):
@@ -174,3 +175,21 @@ def test_heavy_commands_run_with_the_kept_allocator(tmp_path):
   finally:
     proc.kill()
     proc.wait()
+
+
+def test_train_refuses_more_workers_than_this_machines_ray_has(tmp_path):
+  """Used to wait silently forever for actors that could never start."""
+  wd = tmp_path / "w"
+  out = _lopt("train", "--workdir", wd, "--config", "tiny", "--workers",
+              "999")
+  assert out.returncode == 2, out.stderr[-3000:]
+  errors = [l for l in out.stderr.splitlines() if "error" in l.lower()]
+  assert len(errors) == 1, out.stderr[-3000:]
+  assert "Token authentication is enabled" not in out.stderr  # said once,
+  # explicitly, by lopt: RAY_AUTH_MODE=token
+  assert errors[0].startswith("lopt: error: 999 workers")
+  assert f"use --workers {max(os.cpu_count(), 1)} or fewer" in errors[0]
+  assert f"(details: {wd / 'lopt.log'})" in errors[0]
+  assert "Traceback" not in out.stderr
+  assert not (wd / "workers.json").exists()
+  assert (wd / "train.lock").read_text() == ""  # released

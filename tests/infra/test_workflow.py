@@ -201,3 +201,165 @@ def test_bad_input_gives_one_line_and_exit_2(run, tmp_path, capsys):
     assert len(errors) == 1 and errors[0].startswith("lopt: error:"), (
         args, errors)
     assert expected in errors[0], (args, errors)
+
+
+def _copy(run, tmp_path):
+  wd = tmp_path / "copy"
+  shutil.copytree(run, wd, ignore=shutil.ignore_patterns("train.lock"))
+  return wd
+
+
+def _flip(step_dir, item="state"):
+  for dirpath, _, files in os.walk(step_dir / item):
+    for f in files:
+      if os.sep + "d" in dirpath:  # ocdbt data files
+        p = os.path.join(dirpath, f)
+        data = bytearray(open(p, "rb").read())
+        for i in range(len(data) // 2, len(data) - 8):
+          data[i] ^= 0x5A
+        open(p, "wb").write(bytes(data))
+
+
+def test_export_refuses_bad_destinations_and_keeps_the_umask(run, tmp_path,
+                                                              capsys):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  ro = tmp_path / "ro.lopt"
+  ro.write_text("keep me")
+  ro.chmod(0o444)
+  cases = [(tmp_path, "is a directory"),
+           (a_file / "x.lopt", "is not a directory"),
+           (tmp_path / "nonexistent_dir" / "x.lopt", "does not exist"),
+           (ro, "exists and is read-only")]
+  for out, needle in cases:
+    code, _, err = _in_process(capsys, "export", "--workdir", run, "--out",
+                               out)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, (out, lines)
+    assert lines[0].startswith("lopt: error: ") and needle in lines[0]
+  assert not (tmp_path / "nonexistent_dir").exists()
+  assert ro.read_text() == "keep me"
+  assert sorted(os.listdir(tmp_path)) == ["a_file", "ro.lopt"]  # no temp
+  old = os.umask(0o027)
+  try:
+    code, out, err = _in_process(capsys, "export", "--workdir", run, "--out",
+                                 tmp_path / "ok.lopt")
+  finally:
+    os.umask(old)
+  assert code == 0, err
+  assert (tmp_path / "ok.lopt").stat().st_mode & 0o777 == 0o640
+  ratio = re.search(r"geometric-mean ratio (\S+)\. Use it", out).group(1)
+  assert ratio == f"{float(ratio):.3g}", out  # 3 significant digits
+
+
+def test_records_with_wrong_fields_are_skipped_and_counted(run, tmp_path,
+                                                          capsys):
+  wd = _copy(run, tmp_path)
+  path = wd / "eval" / "records.jsonl"
+  good = records.read(str(path))
+  bad = [json.dumps({"key": "x"}),
+         json.dumps(dict(good[0], key="y", final_loss="abc")), "[1, 2]",
+         "not json"]
+  with open(path, "a") as f:
+    f.write("\n".join(bad) + "\n")
+  with pytest.warns(UserWarning, match=r"skipped 4 unusable line\(s\) \(line "
+                    rf"{len(good) + 1}: no 'source'; line {len(good) + 2}: "
+                    r"'final_loss' is 'abc'"):
+    assert records.read(str(path)) == good
+  for args in (["monitor", "--workdir", wd],
+               ["monitor", "--workdir", wd, "--html", tmp_path / "r.html"],
+               ["export", "--workdir", wd, "--best", "--out",
+                tmp_path / "b.lopt"],
+               ["evaluate", "--workdir", wd, "--once",
+                *sum((["--set", s] for s in SUITE), [])]):
+    with pytest.warns(UserWarning, match="unusable line"):
+      code, _, err = _in_process(capsys, *args)
+    assert code == 0, (args, err[-2000:])
+
+
+def test_evaluate_once_reports_an_unreadable_newest_checkpoint(run, tmp_path,
+                                                              capsys):
+  wd = _copy(run, tmp_path)
+  ev_args = sum((["--set", s] for s in SUITE), [])
+  # The newest step incomplete: the newest complete one is evaluated, and
+  # only its table is shown.
+  (wd / "checkpoints" / "3" / "_CHECKPOINT_METADATA").write_text("")
+  code, out, err = _in_process(capsys, "evaluate", "--workdir", wd, "--once",
+                               *ev_args)
+  assert code == 0, err[-2000:]
+  assert "step:2: learned vs tuned baselines" in out
+  assert "step:3" not in out
+  # A corrupt newest step: exit 2, one line, no table of another step.
+  shutil.copy(run / "checkpoints" / "3" / "_CHECKPOINT_METADATA",
+              wd / "checkpoints" / "3")
+  _flip(wd / "checkpoints" / "3", "lopt")
+  code, out, err = _in_process(capsys, "evaluate", "--workdir", wd, "--once",
+                               *ev_args)
+  lines = err.strip().splitlines()
+  assert code == 2 and len(lines) == 1, lines
+  assert "cannot evaluate the newest checkpoint" in lines[0]
+  assert f"{wd / 'checkpoints' / '3'}" in lines[0]
+  assert "learned vs tuned baselines" not in out
+
+
+def test_resume_sets_damaged_steps_aside_and_trains_on(run, tmp_path):
+  """A real `lopt train` resume over an emptied metadata file (newest step)
+  and flipped bytes (the step before): both set aside with one line each,
+  training goes on from step 1 and saves steps 2 and 3 again."""
+  wd = _copy(run, tmp_path)
+  ck = wd / "checkpoints"
+  assert sorted(os.listdir(ck)) == ["1", "2", "3"]
+  (ck / "3" / "_CHECKPOINT_METADATA").write_text("")
+  _flip(ck / "2")
+  train = list(TRAIN)
+  train[train.index("--steps") + 1] = "4"
+  out = _lopt("train", "--workdir", wd, "--evaluators", 0, *train)
+  assert out.returncode == 0, out.stderr[-3000:]
+  err = out.stderr
+  assert re.search(r"lopt: warning: checkpoint step 3 is incomplete \(an "
+                   r"interrupted save\); set aside as .*/3\.corrupt-", err)
+  assert re.search(r"lopt: warning: checkpoint step 2 is corrupt \((opt_state "
+                   r"does not match its stored digest|its state cannot be "
+                   r"read).*\); set aside as .*/2\.corrupt-", err)
+  assert "resumed from" in err and "step 1 (theta" in err
+  # Nothing that is not ours or not actionable: no fork after JAX's threads
+  # (the resume check reads JSON before Ray starts), no Ray deprecation or
+  # token-auth chatter.
+  for noise in ("Traceback", "os.fork()", "RayDeprecationWarning",
+                "Token authentication is enabled", "Started a local Ray"):
+    assert noise not in err, (noise, err[-3000:])
+  steps = sorted(n for n in os.listdir(ck) if n.isdigit())
+  assert steps[-1] == "4"
+  aside = sorted(n for n in os.listdir(ck) if ".corrupt-" in n)
+  assert [n.split(".")[0] for n in aside] == ["2", "3"]
+
+
+def test_a_full_disk_ends_training_with_one_line_and_loses_nothing(
+    run, small_disk):
+  """A real `lopt train` resume on a 3 MiB tmpfs left with 64 KiB free."""
+  wd = small_disk / "run"
+  shutil.copytree(run, wd, ignore=shutil.ignore_patterns(
+      "eval", "tb", "train.lock", "lopt.log"))
+  free = shutil.disk_usage(small_disk).free
+  (small_disk / "filler").write_bytes(b"\0" * max(free - 64 * 1024, 0))
+  train = list(TRAIN)
+  train[train.index("--steps") + 1] = "5"
+  out = _lopt("train", "--workdir", wd, "--evaluators", 0, *train)
+  assert out.returncode == 2, out.stderr[-3000:]
+  lines = out.stderr.splitlines()
+  errors = [l for l in lines if l.startswith("lopt: error")]
+  assert len(errors) == 1, out.stderr[-3000:]
+  assert errors[0] == lines[-1]  # nothing after it: the rest is in the log
+  assert "Traceback" not in out.stderr and "Error" not in "".join(
+      l for l in lines if l not in errors), out.stderr[-3000:]
+  assert re.match(r"lopt: error: could not save step 4 ", errors[0])
+  assert "No space left on device" in errors[0] and "MiB free" in errors[0]
+  assert "step 3 is the newest complete checkpoint" in errors[0]
+  assert f"(details: {wd / 'lopt.log'})" in errors[0]
+  assert sorted(os.listdir(wd / "checkpoints")) == ["1", "2", "3"]
+  (small_disk / "filler").unlink()
+  from metatrain import checkpoints  # pylint: disable=import-outside-toplevel
+  with checkpoints.Checkpointer(str(run), read_only=True) as a, \
+       checkpoints.Checkpointer(str(wd), read_only=True) as b:
+    jax.tree.map(np.testing.assert_array_equal, a.restore_lopt(3)[1],
+                 b.restore_lopt(3)[1])  # the good checkpoint is intact

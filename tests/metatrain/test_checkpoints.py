@@ -166,13 +166,16 @@ def test_incomplete_and_foreign_entries_are_skipped(tmp_path):
     with pytest.raises(ValueError, match="98"):
       ckpt.restore_lopt(98)
     if not read_only:
-      with pytest.raises(ValueError, match="99.*remove it"):
-        _save(ckpt, 99)  # would clash with the bare dir
       for s in range(4, 8):  # retention must not touch the junk
         assert _save(ckpt, s)
+      assert _save(ckpt, 99)  # the bare dir is set aside, never in the way
+      ckpt.wait()
+      assert ckpt.all_steps() == [1, 2, 3, 4, 5, 6, 7, 99]
     ckpt.close()
-  assert junk <= set(os.listdir(root))
-  assert not os.listdir(root / "99")
+  names = set(os.listdir(root))
+  assert junk - {"99"} <= names
+  aside = [n for n in names if n.startswith("99.corrupt-")]
+  assert len(aside) == 1 and not os.listdir(root / aside[0])
 
 
 def _data_files(step_dir):
@@ -262,3 +265,83 @@ def test_template_mismatch_raises(tmp_path):
 def test_invalid_config():
   with pytest.raises(ValueError, match="keep_last"):
     Checkpointer("/nonexistent", CheckpointConfig(keep_last=0))
+
+
+def _flip_data(step_dir):
+  for f in _data_files(step_dir):
+    data = bytearray(open(f, "rb").read())
+    for i in range(len(data) // 2, len(data) - 8):
+      data[i] ^= 0x5A
+    open(f, "wb").write(bytes(data))
+
+
+@pytest.mark.filterwarnings(  # Orbax's async cleanup after the failed read
+    "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_resume_sets_aside_incomplete_and_corrupt_steps(tmp_path):
+  from metatrain import launcher  # pylint: disable=import-outside-toplevel
+  root = _populated(tmp_path, [2, 4, 6])
+  (root / "6" / "_CHECKPOINT_METADATA").write_text("")  # emptied: incomplete
+  _flip_data(root / "4")  # complete on disk, corrupt inside
+  (root / "8.orbax-checkpoint-tmp-1").mkdir()  # a save that never finished
+  lines = []
+  with pytest.warns(UserWarning, match="skipped"):
+    ckpt = Checkpointer(str(tmp_path), EVERY)
+  with ckpt:
+    r = launcher.resume(ckpt, OPT_STATE, log=lines.append)
+    assert r["step"] == 2
+    _assert_bitwise_equal(r["theta"], THETA)
+    _assert_bitwise_equal(r["opt_state"], OPT_STATE)
+    assert ckpt.all_steps() == [2]
+    for s in (4, 6, 8):  # the set-aside steps never get in a save's way
+      assert _save(ckpt, s)
+    ckpt.wait()
+    assert ckpt.all_steps() == [2, 4, 6, 8]
+  assert len(lines) == 3, lines
+  assert lines[0].startswith("lopt: warning: checkpoint step 6 is incomplete")
+  assert "removed the partial save" in lines[1] and "8.orbax" in lines[1]
+  assert lines[2].startswith("lopt: warning: checkpoint step 4 is corrupt (")
+  assert "trying the step before it" in lines[2]
+  names = os.listdir(root)
+  for s in (4, 6):  # kept for inspection, under a name no reader takes
+    aside = [n for n in names if n.startswith(f"{s}.corrupt-")]
+    assert len(aside) == 1, names
+    assert (root / aside[0] / "state").is_dir()
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # set-aside dirs are not reported again
+    assert Checkpointer(str(tmp_path), read_only=True).all_steps() == [
+        2, 4, 6, 8]
+
+
+def test_resume_refuses_a_template_mismatch_and_keeps_the_step(tmp_path):
+  from metatrain import checkpoints, launcher  # pylint: disable=import-outside-toplevel
+  root = _populated(tmp_path, [1])
+  with Checkpointer(str(tmp_path), EVERY) as ckpt:
+    with pytest.raises(checkpoints.CheckpointRestoreError,
+                       match="opt_state_template"):
+      launcher.resume(ckpt, optax.sgd(0.1, 0.9).init(THETA), log=print)
+  assert sorted(os.listdir(root)) == ["1"]  # a good step is never set aside
+
+
+@pytest.mark.filterwarnings(  # Orbax's async cleanup after the failed save
+    "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_save_on_a_full_disk_fails_cleanly(small_disk):
+  from metatrain import checkpoints  # pylint: disable=import-outside-toplevel
+  ckpt = Checkpointer(str(small_disk), EVERY)
+  assert _save(ckpt, 1)
+  ckpt.wait()
+  used = shutil.disk_usage(small_disk).used
+  (small_disk / "filler").write_bytes(b"\0" * (3 * 2**20 - used - 4096))
+  with pytest.raises(checkpoints.CheckpointSaveError) as err:
+    _save(ckpt, 2)
+    ckpt.wait()
+  msg = str(err.value)
+  assert "could not save step 2" in msg and "MiB free of 3.0 MiB" in msg
+  assert "step 1 is the newest complete checkpoint" in msg
+  root = small_disk / "checkpoints"
+  assert sorted(os.listdir(root)) == ["1"]  # its partial save is removed
+  ckpt.close()
+  (small_disk / "filler").unlink()
+  with Checkpointer(str(small_disk), read_only=True) as reader:
+    out = reader.restore(opt_state_template=OPT_STATE)
+  assert out["step"] == 1
+  _assert_bitwise_equal(out["theta"], THETA)

@@ -59,3 +59,21 @@ def test_the_resolved_config_round_trips_exactly():
 def test_bad_hrnn_fields_name_their_path(d, needle):
   with pytest.raises(ValueError, match=needle):
     config_lib.from_dict(config_lib.TrainConfig, d)
+
+
+@pytest.mark.parametrize("override", ["unroll.truncations_mean=1e400",
+                                      "unroll.truncations_mean=-1e999",
+                                      "meta_opt.learning_rate=NaN",
+                                      "hrnn.init_lr_range=[1e-6, Infinity]"])
+def test_non_finite_numbers_are_refused_where_json_could_not_store_them(
+    override, tmp_path, capsys):
+  from infra import cli  # pylint: disable=import-outside-toplevel
+  key = override.split("=")[0]
+  with pytest.raises(ValueError, match=f"config.{key} must be a finite "
+                     "number"):
+    config_lib.load("tiny", [override])
+  wd = tmp_path / "w"
+  assert cli.main(["train", "--workdir", str(wd), "--set", override]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "must be a finite number" in err[0]
+  assert not wd.exists()  # no config.json with Infinity in it

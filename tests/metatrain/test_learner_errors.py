@@ -82,8 +82,10 @@ def test_a_worker_that_raises_once_is_counted_and_the_run_goes_on(
   np.testing.assert_allclose(np.asarray(state.theta["w"]), -0.6, rtol=1e-6)
 
 
-def test_a_frozen_worker_is_killed_restarted_and_rejoins(ray_local, capsys):
+def test_a_frozen_worker_is_killed_restarted_and_rejoins(ray_local, capsys,
+                                                        tmp_path):
   ray = ray_local
+  started = tmp_path / "started"  # one "wid pid" line per actor start
 
   @ray.remote(max_restarts=-1, max_task_retries=0)
   class Steady:
@@ -91,6 +93,8 @@ def test_a_frozen_worker_is_killed_restarted_and_rejoins(ray_local, capsys):
 
     def __init__(self, wid):
       self.wid, self.seq = wid, time.time_ns() // 1_000_000 << 20
+      with open(started, "a") as f:
+        f.write(f"{wid} {os.getpid()}\n")
 
     def pid(self):
       return os.getpid()
@@ -125,7 +129,6 @@ def test_a_frozen_worker_is_killed_restarted_and_rejoins(ray_local, capsys):
         on_step=on_step, call_timeout_s=10.0,
         should_stop=lambda: (seen["back_at"] is not None or
                              time.time() - t0 > 180))
-    restarted_pid = ray.get(workers[0].pid.remote(), timeout=60)
   finally:
     for w in workers:
       ray.kill(w, no_restart=True)
@@ -136,7 +139,13 @@ def test_a_frozen_worker_is_killed_restarted_and_rejoins(ray_local, capsys):
   assert re.search(r"learner: worker 0 has not answered in 1[01]s \(worker"
                    r"\.call_timeout_s=10\)", out), out
   assert "learner: worker 0 is back after" in out
-  assert restarted_pid != pids[0]  # a new process replaced the frozen one
+  # A new process replaced the frozen one. (Read from the actors' own
+  # record: after the learner cancelled the calls in flight, Ray 2.60 can
+  # leave the handle waiting for a cancelled call's sequence number.)
+  starts = [tuple(map(int, l.split())) for l in started.read_text().split(
+      "\n") if l]
+  assert [p for w, p in starts if w == 0][:1] == [pids[0]]
+  assert len({p for w, p in starts if w == 0}) == 2, starts
 
 
 def test_an_evaluator_that_raises_once_is_restarted(ray_local, tmp_path):
