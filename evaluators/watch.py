@@ -33,7 +33,7 @@ import numpy as np
 from evaluators import baselines, problems, records
 from evaluators.runner import Problem, run
 from evaluators.suites import SuiteConfig
-from metatrain import checkpoints, export
+from metatrain import checkpoints, export, programs
 from metatrain.hrnn_config import HRNNConfig
 
 
@@ -106,6 +106,7 @@ class Evaluator:
     if not 0 <= shard[0] < shard[1]:
       raise ValueError(f"bad shard {shard}: need 0 <= index < count")
     self.workdir, self.suite, self.shard = workdir, suite, shard
+    programs.enable_persistent_cache("auto")  # shared with the trainers
     self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     self.should_stop = should_stop
     self.writer = records.RecordWriter(

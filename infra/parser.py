@@ -105,8 +105,10 @@ def build_parser(parser_class=argparse.ArgumentParser
   sub = p.add_subparsers(dest="command", metavar="COMMAND")
   d = sub.add_parser("demo", help="train a small problem with the untrained "
                      "HRNN and with Adam, and print both losses")
-  d.add_argument("--steps", type=int, default=300)
-  d.add_argument("--seed", type=int, default=0)
+  d.add_argument("--steps", type=int, default=300,
+                 help="training steps of each optimizer (default 300)")
+  d.add_argument("--seed", type=int, default=0,
+                 help="seed of the problem's data and init (default 0)")
   d.set_defaults(command="demo")
 
   t = sub.add_parser("train", help="meta-train the HRNN optimizer",
@@ -249,5 +251,6 @@ def _add_launch(sub) -> argparse.ArgumentParser:
   p.add_argument("action", choices=LAUNCH_ACTIONS, metavar="ACTION",
                  help="train or evaluate [ARGS of lopt train/evaluate]; "
                  "status JOB_ID; logs JOB_ID [--follow]; stop JOB_ID; list")
-  p.add_argument("rest", nargs=argparse.REMAINDER, metavar="ARGS")
+  p.add_argument("rest", nargs=argparse.REMAINDER, metavar="ARGS",
+                 help="the arguments of that action (e.g. lopt train's)")
   return p

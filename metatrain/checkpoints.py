@@ -189,6 +189,7 @@ class Checkpointer:
     self.directory = Path(workdir).absolute() / "checkpoints"
     self._warned: set[str] = set()
     self._in_flight: set[int] = set()
+    self._failed: set[int] = set()  # steps whose save failed
     fmt = _CompleteStepsFormat()
     if read_only:
       opts = ocp.CheckpointManagerOptions(
@@ -291,10 +292,11 @@ class Checkpointer:
                    also: tuple[int, ...] = ()) -> CheckpointSaveError:
     """Removes the temporary dirs of the failed saves (in flight, ``step``
     and ``also``); the error to raise, naming ``step``."""
-    for s in set(self._in_flight) | set(also) | (
-        {step} if step is not None else set()):
-      for p in self.directory.glob(f"{s}{_TMP_MARK}*"):
-        shutil.rmtree(p, ignore_errors=True)
+    # Best effort now; again in close(), when Orbax's other threads for
+    # these saves have certainly stopped writing.
+    self._failed |= set(self._in_flight) | set(also) | (
+        {step} if step is not None else set())
+    self._remove_tmp(self._failed)
     self._in_flight.clear()
     try:
       usage = shutil.disk_usage(self.directory)
@@ -311,6 +313,11 @@ class Checkpointer:
         f"could not save {what} in {self.directory} ({detail}; {space}); "
         f"{kept}. Free space or move --workdir, then rerun the same command "
         "to resume")
+
+  def _remove_tmp(self, steps) -> None:
+    for s in steps:
+      for p in self.directory.glob(f"{s}{_TMP_MARK}*"):
+        shutil.rmtree(p, ignore_errors=True)
 
   def set_aside(self, step: int) -> Path:
     """Renames step dir ``step`` to ``<step>.corrupt-<time>``; returns it.
@@ -487,11 +494,28 @@ class Checkpointer:
             "config": meta["config"], "step": step}
 
   def close(self) -> None:
-    """Waits for pending saves and releases Orbax resources."""
+    """Waits for pending saves and releases Orbax resources.
+
+    Raises:
+      CheckpointSaveError: a pending save failed. The temp dirs of failed
+        saves are removed once Orbax's threads have stopped writing.
+    """
+    error = None
     if not self.read_only:
-      self.wait()
+      try:
+        self.wait()
+      except CheckpointSaveError as e:
+        error = e
     if self._mngr_obj is not None:
-      self._mngr_obj.close()
+      try:
+        self._mngr_obj.close()
+      except Exception as e:  # pylint: disable=broad-except
+        if not self._failed:
+          raise
+        error = error or self._save_failed(None, e)
+    self._remove_tmp(self._failed)
+    if error is not None:
+      raise error
 
   def __enter__(self) -> Checkpointer:
     return self

@@ -196,8 +196,10 @@ class TrainConfig:
   seed: int = 0
   steps: int = 1000  # meta-steps
   log_every: int = 10
-  # JAX's on-disk compile cache (e.g. "~/.cache/lopt/jax"); "" = off.
-  compile_cache_dir: str = ""
+  # JAX's on-disk compile cache, shared by the workers, the evaluators and
+  # later runs: "auto" (programs.default_cache_dir(): ~/.cache/lopt/jax-
+  # <versions>, or $JAX_COMPILATION_CACHE_DIR), a directory, or "" (off).
+  compile_cache_dir: str = "auto"
   # Single-process training (--workers 0) exits with code 3, naming the
   # group, when one meta-step runs longer than this (0: never).
   stall_timeout_s: float = 900.0

@@ -210,7 +210,7 @@ class _TB:
         self.w.add_scalar(f"train/{k}", metrics[k], step)
     for k in ("stale", "duplicate", "nonfinite", "worker_failures",
               "worker_timeouts", "worker_errors", "evaluator_errors",
-              "skipped_updates"):
+              "skipped_updates", "compiles", "cache_hits", "task_steps"):
       self.w.add_scalar(f"counters/{k}", counters.get(k, 0), step)
     for wid, v in metrics.get("per_worker_steps_per_s", {}).items():
       self.w.add_scalar(f"workers/{wid}/task_steps_per_s", v, step)
@@ -276,6 +276,8 @@ def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
   old = {s: signal.signal(s, _handler) for s in (signal.SIGINT,
                                                  signal.SIGTERM)}
   cfg_dict = config_lib.to_dict(cfg)
+  if (freed := programs.trim_cache(cfg.compile_cache_dir)):  # no workers yet
+    _log(f"lopt train: trimmed the compile cache by {freed / 2**20:.0f} MiB")
   actor = ray.remote(UnrollWorker).options(**actor_options(cfg.worker))
   seed = int(rng.integers(2**31))
   workers = [actor.remote(i, cfg_dict, seed) for i in range(n_workers)]
@@ -336,7 +338,8 @@ def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
            f"/{st.counters.get('nonfinite', 0)}  restarts "
            f"{st.counters.get('worker_failures', 0)}  timeouts "
            f"{st.counters.get('worker_timeouts', 0)}  errors "
-           f"{st.counters.get('worker_errors', 0)}")
+           f"{st.counters.get('worker_errors', 0)}  compiles "
+           f"{st.counters.get('compiles', 0)}")
     save(st)
 
   save_failed = False

@@ -34,6 +34,10 @@ class AggregatorCounters:
   worker_failures: int = 0
   worker_timeouts: int = 0
   worker_errors: int = 0  # exceptions raised inside compute()
+  # Work the workers report with every result, used or not:
+  task_steps: int = 0  # inner steps unrolled
+  compiles: int = 0  # XLA compiles (a steady run adds none)
+  cache_hits: int = 0  # programs loaded from the persistent compile cache
 
 
 class GradientAggregator:
@@ -59,6 +63,9 @@ class GradientAggregator:
     if mg.seq in seen:
       self.counters.duplicate += 1
       return "duplicate"
+    for k in ("task_steps", "compiles", "cache_hits"):  # done, used or not
+      setattr(self.counters, k, getattr(self.counters, k) +
+              int(mg.metrics.get(k, 0)))
     seen[mg.seq] = None
     while len(seen) > _DEDUP_WINDOW:
       seen.popitem(last=False)

@@ -75,6 +75,7 @@ class UnrollWorker:
     self.worker_id = worker_id
     self.cfg = config_lib.from_dict(config_lib.TrainConfig, train_config)
     programs.enable_persistent_cache(self.cfg.compile_cache_dir)
+    self._compiles = programs.compile_counts()  # counted per call from here
     self.ensemble = self.cfg.tasks.ensemble()
     self.devices = jax.local_devices()
     self.groups: list[meta_step.TaskGroup] = []
@@ -149,8 +150,13 @@ class UnrollWorker:
     grad, m = meta_step.average_grads(results)
     self.watchdog.stop()  # idle between calls is not a stall
     dt = time.perf_counter() - t0
+    now = programs.compile_counts()
     m.update(task_steps=float(task_steps), seconds=dt,
-             task_steps_per_s=task_steps / dt)
+             task_steps_per_s=task_steps / dt,
+             compiles=float(now["compiles"] - self._compiles["compiles"]),
+             cache_hits=float(now["cache_hits"] -
+                              self._compiles["cache_hits"]))
+    self._compiles = now
     out = MetaGrad(self.worker_id, self.seq, int(theta_step),
                    jax.tree_util.tree_map(np.asarray, grad), m)
     self.seq += 1

@@ -27,7 +27,10 @@ def test_a_torn_last_line_is_skipped_and_closed_by_the_next_append(tmp_path):
   w2 = records.RecordWriter(str(path))
   assert w2.has("a") and not w2.has("b")
   w2.append(_rec("b", "adam", 2.0, 1e-2))
-  assert [r["key"] for r in records.read(str(path))] == ["a", "b"]
+  # The closed torn line is no longer last: skipped, and now counted.
+  with pytest.warns(UserWarning, match=r"skipped 1 unusable line\(s\) \(line "
+                    r"2 is not JSON\)"):
+    assert [r["key"] for r in records.read(str(path))] == ["a", "b"]
 
 
 def test_non_finite_values_never_reach_the_file(tmp_path):
@@ -119,5 +122,15 @@ def test_records_without_the_fields_readers_need_are_skipped_and_counted(
   (msg,) = [str(m.message) for m in rec]
   assert "skipped 6 unusable line(s) (line 3: no 'source'; line 4: " \
       "'final_loss' is 'abc'; line 5: 'seed' is True and 3 more)" in msg
-  rows = records.summarize(records.read(str(path)), "step:5")
+  with pytest.warns(UserWarning, match="skipped 6"):
+    rows = records.summarize(records.read(str(path)), "step:5")
   assert [r["task"] for r in rows] == ["t"]  # readers see only good records
+
+
+def test_resumed_sessions_are_the_steps_the_plots_mark(tmp_path):
+  from evaluators import report  # pylint: disable=import-outside-toplevel
+  assert report.resume_steps(str(tmp_path)) == []  # no run_info.json
+  (tmp_path / "run_info.json").write_text(json.dumps({"sessions": [
+      {"start_step": 0}, {"start_step": 30}, {"start_step": 30},
+      {"start_step": 55}, {"start_step": "x"}]}))
+  assert report.resume_steps(str(tmp_path)) == [30, 55]

@@ -193,3 +193,25 @@ def test_train_refuses_more_workers_than_this_machines_ray_has(tmp_path):
   assert "Traceback" not in out.stderr
   assert not (wd / "workers.json").exists()
   assert (wd / "train.lock").read_text() == ""  # released
+
+
+def test_help_describes_every_flag_and_shows_train_examples(capsys):
+  from infra import parser as parser_lib  # pylint: disable=import-outside-toplevel
+  p = parser_lib.build_parser()
+  sub = next(a for a in p._actions if a.dest == "command")  # pylint: disable=protected-access
+  for name in ("train", "evaluate", "monitor", "export", "launch"):
+    for action in sub.choices[name]._actions:  # pylint: disable=protected-access
+      if action.dest != "help":
+        assert action.help, (name, action.dest)
+    if name != "launch":  # one default workdir for every command
+      (wd,) = [a for a in sub.choices[name]._actions  # pylint: disable=protected-access
+               if a.dest == "workdir"]
+      assert wd.default == parser_lib.DEFAULT_WORKDIR == "runs/default"
+  with pytest.raises(SystemExit):
+    cli.main(["train", "--help"])
+  out = capsys.readouterr().out
+  assert "examples:" in out and "lopt train --config tiny --steps 20" in out
+  assert "meta_loss" in out
+  with pytest.raises(SystemExit):
+    cli.main(["export", "--help"])
+  assert "required, unless --inspect" in capsys.readouterr().out

@@ -86,6 +86,10 @@ def test_the_evaluator_records_learned_and_baselines(run, capsys):
   assert (run / "tb" / "eval").is_dir()
   counters = json.loads((run / "counters.json").read_text())
   assert counters["evaluator_errors"] == 0 and counters["train_seconds"] > 0
+  # The work done is on record: task-steps to divide by train_seconds, and
+  # the XLA compiles (a fresh compile cache: some).
+  assert counters["task_steps"] >= 3 * 5  # 3 meta-steps of 5 inner steps
+  assert counters["compiles"] > 0
   # The same evaluation from the command line finds everything recorded.
   code, out, err = _in_process(capsys, "evaluate", "--workdir", run, "--once",
                                *sum((["--set", s] for s in SUITE), []))
@@ -109,6 +113,8 @@ def test_monitor_table_and_html_report_in_chromium(run, tmp_path, capsys):
   assert "learned wins" in out
   page = html.read_text()
   assert "src='http" not in page and "<script src" not in page  # standalone
+  headers = re.findall(r"<th>(.*?)</th>", page)
+  assert len(headers) == len(set(headers)), headers  # one "learned ..." each
   chromium = shutil.which("chromium") or shutil.which("chromium-browser")
   assert chromium, "headless Chromium is needed (apt-get install chromium)"
   dom = subprocess.run(
@@ -250,6 +256,27 @@ def test_export_refuses_bad_destinations_and_keeps_the_umask(run, tmp_path,
   assert (tmp_path / "ok.lopt").stat().st_mode & 0o777 == 0o640
   ratio = re.search(r"geometric-mean ratio (\S+)\. Use it", out).group(1)
   assert ratio == f"{float(ratio):.3g}", out  # 3 significant digits
+
+
+def test_export_to_an_immutable_file_fails_cleanly(run, tmp_path, capsys):
+  """chattr +i: writable by its mode bits, refused by the filesystem at the
+  final rename; one line, the file and its directory as they were."""
+  imm = tmp_path / "x.lopt"
+  imm.write_text("keep me")
+  r = subprocess.run(["chattr", "+i", str(imm)], capture_output=True,
+                     text=True, check=False)
+  if r.returncode:
+    pytest.skip(f"chattr +i does not work here ({r.stderr.strip()})")
+  try:
+    code, _, err = _in_process(capsys, "export", "--workdir", run, "--out",
+                               imm)
+  finally:
+    subprocess.run(["chattr", "-i", str(imm)], check=False)
+  lines = err.strip().splitlines()
+  assert code == 2 and len(lines) == 1, lines
+  assert "Operation not permitted" in lines[0], lines
+  assert imm.read_text() == "keep me"
+  assert os.listdir(tmp_path) == ["x.lopt"]  # its temp file is gone
 
 
 def test_records_with_wrong_fields_are_skipped_and_counted(run, tmp_path,

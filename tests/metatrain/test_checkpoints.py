@@ -338,8 +338,11 @@ def test_a_save_on_a_full_disk_fails_cleanly(small_disk):
   assert "could not save step 2" in msg and "MiB free of 3.0 MiB" in msg
   assert "step 1 is the newest complete checkpoint" in msg
   root = small_disk / "checkpoints"
+  try:
+    ckpt.close()  # Orbax's other writer threads have stopped: cleaned up
+  except checkpoints.CheckpointSaveError:
+    pass  # the same failure, reported again
   assert sorted(os.listdir(root)) == ["1"]  # its partial save is removed
-  ckpt.close()
   (small_disk / "filler").unlink()
   with Checkpointer(str(small_disk), read_only=True) as reader:
     out = reader.restore(opt_state_template=OPT_STATE)

@@ -45,3 +45,15 @@ def test_batches_average_exactly_once():
   agg.offer(_mg(1, 0, 0, 7.0), 0)
   grad, _ = agg.pop_batch()
   np.testing.assert_allclose(grad["w"], 6.0)
+
+
+def test_work_reported_is_counted_whether_or_not_the_grad_is_used():
+  agg = GradientAggregator(max_staleness=1, batch_size=2)
+  work = {"task_steps": 40.0, "compiles": 2.0, "cache_hits": 1.0}
+  fresh = MetaGrad(0, 1, 5, {"w": np.ones(3)}, dict(work))
+  stale = MetaGrad(1, 1, 0, {"w": np.ones(3)}, dict(work, compiles=0.0))
+  assert agg.offer(fresh, 5) == "accepted"
+  assert agg.offer(stale, 5) == "stale"
+  assert agg.offer(fresh, 5) == "duplicate"  # the same result: not again
+  c = agg.counters
+  assert (c.task_steps, c.compiles, c.cache_hits) == (80, 2, 2)

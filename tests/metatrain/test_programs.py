@@ -67,14 +67,21 @@ def test_persistent_cache_writes_and_reloads(tmp_path):
       jax.monitoring.register_event_listener(lambda e, **kw: events.append(e))
       assert programs.enable_persistent_cache({str(tmp_path / "c")!r})
       jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+      programs.compile_counts()  # counting from here
       f = jax.jit(lambda x: jnp.sin(x) * 3 + 1)
-      print(float(f(jnp.float32(2.0))),
-            any("cache_hits" in e for e in events))
+      y = float(f(jnp.float32(2.0)))
+      c = programs.compile_counts()
+      print(y, any("cache_hits" in e for e in events), c["cache_hits"],
+            c["compiles"])
   """)
   out = [subprocess.run([sys.executable, "-c", code], capture_output=True,
                         text=True, check=True).stdout for _ in range(2)]
   assert out[0].split()[0] == out[1].split()[0]
   assert out[0].split()[1] == "False" and out[1].split()[1] == "True"
+  # Counted: the first run compiles its programs, the second loads them all.
+  first, second = ([int(v) for v in o.split()[2:]] for o in out)
+  assert first[0] == 0 and first[1] >= 1
+  assert second == [first[1], 0]
   assert os.listdir(tmp_path / "c")  # the compiled program was written
 
 
@@ -95,3 +102,35 @@ def test_map_limit_advice_names_the_fix(monkeypatch):
   assert programs.map_limit_advice() is None
   monkeypatch.setattr(programs, "map_limit", lambda: None)
   assert programs.map_limit_advice() is None
+
+
+def test_compiles_are_counted_from_jax_events():
+  x1, x2 = jnp.float32(1.0), jnp.float32(2.0)  # (converting compiles too)
+  before = programs.compile_counts()
+  f = jax.jit(lambda x: x * 7.0 + 1.0)
+  f(x1)  # a new program: one compile
+  f(x2)  # the same program: none
+  after = programs.compile_counts()
+  assert after["compiles"] - before["compiles"] == 1
+
+
+def test_the_default_cache_dir_is_per_version_and_env_overrides_it(
+    monkeypatch, tmp_path):
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  assert programs.default_cache_dir() == str(
+      tmp_path / "lopt" / f"jax-{jax.__version__}-{jaxlib.__version__}")
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+  assert programs.default_cache_dir() == str(tmp_path / "mine")
+
+
+def test_trim_cache_deletes_the_oldest_programs_first(tmp_path):
+  for i in range(5):
+    p = tmp_path / f"prog{i}"
+    p.write_bytes(b"x" * 1000)
+    os.utime(p, (1000 + i, 1000 + i))
+  assert programs.trim_cache(str(tmp_path), max_bytes=2500) == 3000
+  assert sorted(os.listdir(tmp_path)) == ["prog3", "prog4"]
+  assert programs.trim_cache(str(tmp_path), max_bytes=2500) == 0
+  assert programs.trim_cache("", max_bytes=0) == 0  # off: nothing touched
