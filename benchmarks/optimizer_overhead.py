@@ -143,9 +143,13 @@ def main() -> None:
       row += (f"{a['state_bytes_per_param']:>9.1f} {bpp:>9} "
               f"{a['peak_bytes']/2**20:>8.0f}Mi " + peaks)
       print(row, flush=True)
-  print(f"backend: {backend}" + (f"; kernel instruction set: {isa} "
-                                  "($LOPT_HRNN_ISA picks another)"
-                                  if isa else ""))
+  if isa:
+    kernel = (f"; kernel instruction set: {isa} ($LOPT_HRNN_ISA picks "
+              "another)")
+  else:
+    from metatrain import hrnn_kernel  # pylint: disable=import-outside-toplevel
+    kernel = f"; kernel unavailable: {hrnn_kernel.unavailable_reason()}"
+  print(f"backend: {backend}{kernel}")
 
 
 if __name__ == "__main__":
