@@ -133,12 +133,12 @@ def _train_logged(cfg, args) -> int:
 
 def _disk_error(workdir: str, e: OSError) -> str:
   import shutil  # pylint: disable=import-outside-toplevel
-  from metatrain import checkpoints  # pylint: disable=import-outside-toplevel
+  from metatrain import checkpoint_dirs  # pylint: disable=import-outside-toplevel
   try:
     free = f"{shutil.disk_usage(workdir).free / 2**20:.1f} MiB free"
   except OSError:
     free = "free space unknown"
-  stored = checkpoints.stored_config(workdir)
+  stored = checkpoint_dirs.stored_config(workdir)
   kept = (f"step {stored[0]} is the newest complete checkpoint" if stored
           else "no checkpoint was saved yet")
   return (f"cannot write {e.filename or workdir}: {e.strerror} ({free}); "
@@ -153,9 +153,9 @@ def _resume_mismatch(cfg, workdir: str) -> str | None:
   with (e.g. the nominal-Adam start reads them differently), so resuming a
   checkpoint under another ``hrnn`` config is refused.
   """
-  from metatrain import checkpoints  # pylint: disable=import-outside-toplevel
+  from metatrain import checkpoint_dirs  # pylint: disable=import-outside-toplevel
   from metatrain.hrnn_config import HRNNConfig  # pylint: disable=import-outside-toplevel
-  stored = checkpoints.stored_config(workdir)  # no JAX before Ray forks
+  stored = checkpoint_dirs.stored_config(workdir)  # no JAX before Ray forks
   if stored is None:
     return None
   latest, saved = stored[0], stored[1].get("hrnn")

@@ -33,10 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
-import os
-import re
 import shutil
 import time
 import warnings
@@ -49,30 +46,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
-_ITEMS = ("state", "state_meta", "lopt", "lopt_meta")
-_COMMIT_FILE = "_CHECKPOINT_METADATA"
-_TMP_MARK = ".orbax-checkpoint-tmp"
-_ORBAX_ROOT_ENTRIES = ("metadata",)  # Orbax's root-metadata dir
-_STEP_RE = re.compile(r"0|[1-9]\d*")  # Orbax's standard step names
-_ASIDE_MARK = ".corrupt-"  # set-aside steps: <step>.corrupt-<time>
-
-
-class CorruptCheckpointError(ValueError):
-  """A complete-looking step that is damaged (unreadable, or its arrays do
-  not match their stored digests); ``reason`` says which."""
-
-  def __init__(self, path: Path, reason: str):
-    super().__init__(f"checkpoint step dir {path} is corrupt: {reason}; "
-                     "remove it or restore an earlier step")
-    self.reason = reason
-
-
-class CheckpointRestoreError(ValueError):
-  """Orbax could not read a step (damaged files, or another structure)."""
-
-
-class CheckpointSaveError(OSError):
-  """A save failed (e.g. a full disk); the earlier checkpoints are intact."""
+# The layout and errors (checkpoint_dirs.py) are part of this module's API.
+from metatrain.checkpoint_dirs import (  # pylint: disable=unused-import
+    ASIDE_MARK, COMMIT_FILE, ORBAX_ROOT_ENTRIES, STEP_RE, TMP_MARK,
+    CheckpointRestoreError, CheckpointSaveError, CorruptCheckpointError,
+    is_complete_step_dir, os_error_text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,57 +70,6 @@ class CheckpointConfig:
   keep_every: int = 0
   save_every: int = 50
   async_save: bool = True
-
-
-def is_complete_step_dir(path: Path) -> bool:
-  """Whether ``path`` holds a committed checkpoint in this module's format."""
-  try:
-    meta = json.loads((path / _COMMIT_FILE).read_text())
-  except (OSError, ValueError):
-    return False
-  if not isinstance(meta, dict) or meta.get("commit_timestamp_nsecs") is None:
-    return False
-  return all((path / item).is_dir() for item in _ITEMS)
-
-
-def _os_error(e: BaseException) -> str:
-  """The OS error behind a failed save ("No space left on device"), or the
-  exception's first 200 characters."""
-  seen = set()
-  cause: BaseException | None = e
-  while cause is not None and id(cause) not in seen:
-    seen.add(id(cause))
-    if isinstance(cause, OSError) and cause.errno:
-      return os.strerror(cause.errno)
-    m = re.search(r"os_error_code='(\d+)'|\[Errno (\d+)\]", str(cause))
-    if m:
-      return os.strerror(int(m.group(1) or m.group(2)))
-    cause = cause.__cause__ or cause.__context__
-  return " ".join(str(e).split())[:200] or type(e).__name__
-
-
-def stored_config(workdir: str) -> tuple[int, dict[str, Any]] | None:
-  """``(step, config)`` of the newest complete step, or None.
-
-  Reads the step's JSON item directly, without Orbax or JAX: ``lopt train``
-  checks it before it starts Ray, and Ray forks its processes, which must
-  happen before JAX's threads exist.
-  """
-  root = Path(workdir) / "checkpoints"
-  if not root.is_dir():
-    return None
-  steps = sorted((int(p.name) for p in root.iterdir()
-                  if _STEP_RE.fullmatch(p.name) and is_complete_step_dir(p)),
-                 reverse=True)
-  for step in steps:
-    try:
-      meta = json.loads((root / str(step) / "state_meta" / "metadata"
-                         ).read_text())
-    except (OSError, ValueError):
-      continue  # damaged: the trainer sets it aside when it resumes
-    if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
-      return step, meta["config"]
-  return None
 
 
 def _to_host(tree: Any) -> Any:
@@ -304,7 +231,7 @@ class Checkpointer:
                f"{usage.total / 2**20:.1f} MiB")
     except OSError:
       space = "free space unknown"
-    detail = _os_error(e)
+    detail = os_error_text(e)
     latest = self.latest_step()
     kept = (f"step {latest} is the newest complete checkpoint" if latest
             is not None else "no earlier checkpoint exists")
@@ -316,7 +243,7 @@ class Checkpointer:
 
   def _remove_tmp(self, steps) -> None:
     for s in steps:
-      for p in self.directory.glob(f"{s}{_TMP_MARK}*"):
+      for p in self.directory.glob(f"{s}{TMP_MARK}*"):
         shutil.rmtree(p, ignore_errors=True)
 
   def set_aside(self, step: int) -> Path:
@@ -330,11 +257,11 @@ class Checkpointer:
       raise PermissionError(f"Checkpointer on {self.directory} is read-only")
     src = self.directory / str(step)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    dst = self.directory / f"{step}{_ASIDE_MARK}{stamp}"
+    dst = self.directory / f"{step}{ASIDE_MARK}{stamp}"
     n = 1
     while dst.exists():
       n += 1
-      dst = self.directory / f"{step}{_ASIDE_MARK}{stamp}-{n}"
+      dst = self.directory / f"{step}{ASIDE_MARK}{stamp}-{n}"
     src.rename(dst)
     if self._mngr_obj is not None:
       self._mngr_obj.reload()
@@ -346,7 +273,7 @@ class Checkpointer:
     if not self.directory.is_dir():
       return out
     for p in sorted(self.directory.iterdir()):
-      if (_STEP_RE.fullmatch(p.name) and p.is_dir() and
+      if (STEP_RE.fullmatch(p.name) and p.is_dir() and
           not is_complete_step_dir(p)):
         out.append((int(p.name), self.set_aside(int(p.name))))
     return out
@@ -362,7 +289,7 @@ class Checkpointer:
     if not self.directory.is_dir():
       return out
     for p in sorted(self.directory.iterdir()):
-      if _TMP_MARK in p.name and p.name.split(".")[0] not in {
+      if TMP_MARK in p.name and p.name.split(".")[0] not in {
           str(s) for s in self._in_flight}:
         shutil.rmtree(p, ignore_errors=True)
         out.append(p)
@@ -375,18 +302,18 @@ class Checkpointer:
     steps = []
     for p in sorted(self.directory.iterdir()):
       name, why = p.name, None
-      if _STEP_RE.fullmatch(name) and p.is_dir():
+      if STEP_RE.fullmatch(name) and p.is_dir():
         if is_complete_step_dir(p):
           steps.append(int(name))
           continue
-        why = (f"incomplete checkpoint (no committed {_COMMIT_FILE} or missing"
+        why = (f"incomplete checkpoint (no committed {COMMIT_FILE} or missing"
                " items; an interrupted save, a partial copy or a step being"
                " deleted)")
-      elif _TMP_MARK in name:
+      elif TMP_MARK in name:
         if name.split(".")[0] in {str(s) for s in self._in_flight}:
           continue  # our own save in progress
         why = "uncommitted Orbax temporary dir (interrupted or ongoing save)"
-      elif name in _ORBAX_ROOT_ENTRIES or _ASIDE_MARK in name:
+      elif name in ORBAX_ROOT_ENTRIES or ASIDE_MARK in name:
         continue  # Orbax's metadata; steps set aside (already reported)
       else:
         why = "not a checkpoint step"
