@@ -39,8 +39,11 @@ def test_optimizer_overhead_smoke():
     assert float(r[1]) == 2000.0
     nums = [float(x) for x in r[2:(7 if kernel else 5)]]
     assert all(x > 0 for x in nums), r
-    assert nums[2] == pytest.approx(nums[1] / nums[0], rel=0.06)
-    if not kernel:
+    # The ratio is printed with one decimal: +-0.05, whatever the timings.
+    assert nums[2] == pytest.approx(nums[1] / nums[0], rel=0.06, abs=0.051)
+    if kernel:
+      assert nums[4] == pytest.approx(nums[3] / nums[0], rel=0.06, abs=0.051)
+    else:
       assert r[5] == "n/a", r
   if kernel:
     assert re.search(r"kernel instruction set: (base|avx2|avx512)", text), text
