@@ -116,10 +116,7 @@ def _train_logged(cfg, args) -> int:
       from evaluators.actor import EvaluatorPool as pool  # pylint: disable=import-outside-toplevel
     return launcher.run(cfg, args, evaluator_pool=pool)
   except (checkpoints.CheckpointSaveError,
-          checkpoints.CheckpointRestoreError) as e:
-    log.fail(str(e), e)
-    return 2
-  except launcher.ResourceError as e:
+          checkpoints.CheckpointRestoreError, launcher.ResourceError) as e:
     log.fail(str(e), e)
     return 2
   except OSError as e:
@@ -132,18 +129,11 @@ def _train_logged(cfg, args) -> int:
 
 
 def _disk_error(workdir: str, e: OSError) -> str:
-  import shutil  # pylint: disable=import-outside-toplevel
   from metatrain import checkpoint_dirs  # pylint: disable=import-outside-toplevel
-  try:
-    free = f"{shutil.disk_usage(workdir).free / 2**20:.1f} MiB free"
-  except OSError:
-    free = "free space unknown"
   stored = checkpoint_dirs.stored_config(workdir)
-  kept = (f"step {stored[0]} is the newest complete checkpoint" if stored
-          else "no checkpoint was saved yet")
-  return (f"cannot write {e.filename or workdir}: {e.strerror} ({free}); "
-          f"{kept}. Free space or move --workdir, then rerun the same "
-          "command to resume")
+  return checkpoint_dirs.disk_failure(
+      f"cannot write {e.filename or workdir}", e.strerror, workdir,
+      stored[0] if stored else None)
 
 
 def _resume_mismatch(cfg, workdir: str) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,19 @@ def stored_config(workdir: str) -> tuple[int, dict[str, Any]] | None:
     if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
       return step, meta["config"]
   return None
+
+
+def disk_failure(what: str, detail: str, directory, newest: int | None
+                 ) -> str:
+  """The one line for a write that failed (a full disk): ``what``, why,
+  the free space, the newest complete step and the fix."""
+  try:
+    usage = shutil.disk_usage(directory)
+    space = (f"{usage.free / 2**20:.1f} MiB free of "
+             f"{usage.total / 2**20:.1f} MiB")
+  except OSError:
+    space = "free space unknown"
+  kept = (f"step {newest} is the newest complete checkpoint"
+          if newest is not None else "no complete checkpoint exists yet")
+  return (f"{what} ({detail}; {space}); {kept}. Free space or move "
+          "--workdir, then rerun the same command to resume")

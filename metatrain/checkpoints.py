@@ -50,7 +50,7 @@ from orbax.checkpoint import checkpoint_managers as ocm
 from metatrain.checkpoint_dirs import (  # pylint: disable=unused-import
     ASIDE_MARK, COMMIT_FILE, ORBAX_ROOT_ENTRIES, STEP_RE, TMP_MARK,
     CheckpointRestoreError, CheckpointSaveError, CorruptCheckpointError,
-    is_complete_step_dir, os_error_text)
+    disk_failure, is_complete_step_dir, os_error_text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,21 +225,10 @@ class Checkpointer:
         {step} if step is not None else set())
     self._remove_tmp(self._failed)
     self._in_flight.clear()
-    try:
-      usage = shutil.disk_usage(self.directory)
-      space = (f"{usage.free / 2**20:.1f} MiB free of "
-               f"{usage.total / 2**20:.1f} MiB")
-    except OSError:
-      space = "free space unknown"
-    detail = os_error_text(e)
-    latest = self.latest_step()
-    kept = (f"step {latest} is the newest complete checkpoint" if latest
-            is not None else "no earlier checkpoint exists")
     what = f"step {step}" if step is not None else "a checkpoint"
-    return CheckpointSaveError(
-        f"could not save {what} in {self.directory} ({detail}; {space}); "
-        f"{kept}. Free space or move --workdir, then rerun the same command "
-        "to resume")
+    return CheckpointSaveError(disk_failure(
+        f"could not save {what} in {self.directory}", os_error_text(e),
+        self.directory, self.latest_step()))
 
   def _remove_tmp(self, steps) -> None:
     for s in steps:
