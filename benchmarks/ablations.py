@@ -29,8 +29,8 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from evaluators import records, suites, watch  # noqa: E402
-from metatrain import config as config_lib  # noqa: E402
-from metatrain import local_train  # noqa: E402
+from metatrain.training import config as config_lib
+from metatrain.training import local_train
 
 VARIANTS = {
     "full": {},

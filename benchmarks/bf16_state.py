@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 
 from evaluators import baselines, problems, records, runner, suites  # noqa: E402
-from metatrain import export, hrnn, zoo  # noqa: E402
+from metatrain.optimizer import export, hrnn, zoo
 
 
 def main(argv=None) -> int:

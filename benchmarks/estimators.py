@@ -35,8 +35,10 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from metatrain import config as config_lib  # noqa: E402
-from metatrain import hrnn, local_train, programs, tasks, unroll  # noqa: E402
+from metatrain import tasks
+from metatrain.optimizer import hrnn
+from metatrain.training import config as config_lib
+from metatrain.training import local_train, programs, unroll
 
 EVAL_KEY = 20170417  # the evaluation problems' key, shared by every theta
 

@@ -32,7 +32,7 @@ def _child(model: str, opt_name: str, args) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
 
   from evaluators import baselines, imagenet, problems, runner  # pylint: disable=import-outside-toplevel
-  from metatrain import hrnn  # pylint: disable=import-outside-toplevel
+  from metatrain.optimizer import hrnn
 
   net, size = problems.imagenet_model(model, args.dtype)
   size = args.size or size

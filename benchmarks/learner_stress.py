@@ -28,8 +28,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import ray  # noqa: E402
 
-from metatrain import hrnn, launcher, learner  # noqa: E402
-from metatrain.worker import MetaGrad  # noqa: E402
+from metatrain.distributed import launcher, learner
+
+from metatrain.optimizer import hrnn
+from metatrain.distributed.worker import MetaGrad  # noqa: E402
 
 
 @ray.remote(num_cpus=0)

@@ -39,9 +39,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from evaluators import records, suites, watch  # noqa: E402
-from metatrain import config as config_lib  # noqa: E402
-from metatrain import checkpoints, hrnn, local_train  # noqa: E402
-from metatrain import programs  # noqa: E402
+from metatrain.distributed import checkpoints
+from metatrain.optimizer import hrnn
+from metatrain.training import config as config_lib
+from metatrain.training import local_train
+from metatrain.training import programs
 
 
 def heldout_suite(args):

@@ -3,6 +3,20 @@
 Usage:
   python benchmarks/metatrain_throughput.py [--config default] [--set k=v]
       [--groups 4] [--length 40] [--repeats 5]
+  python benchmarks/metatrain_throughput.py --e2e [--minutes 15]
+      [--warm-minutes 5] [--workers 1] [--config default] [--out DIR]
+  python benchmarks/metatrain_throughput.py --widths 8,16,32 [--groups 6]
+
+``--e2e`` runs ``lopt train`` itself for ``--minutes`` with an empty
+compile cache, then ``--warm-minutes`` on the cache it filled, and prints
+each run's time to its first meta-step, meta-steps per minute, task-steps/s
+(``counters.json``'s ``task_steps`` over ``train_seconds``), compiles, and
+the efficiency: that rate over the run's own compile-free rate (the workers
+time every group call that compiled nothing: ``warm_task_steps`` over
+``warm_ms``). ``--widths`` prints the compile-excluded rate of sampled
+groups against the groups' width.
+
+The default mode:
 
 Samples the same task groups (N vmapped copies of one config each) for both
 measurements, in one run:
@@ -29,10 +43,17 @@ time over Adam's.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
+import json
 import os
+import re
+import selectors
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,8 +63,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from metatrain import config as config_lib  # noqa: E402
-from metatrain import hrnn, pes, tasks, unroll  # noqa: E402
+from metatrain import tasks
+from metatrain.optimizer import hrnn
+from metatrain.training import config as config_lib
+from metatrain.training import pes, unroll
 
 
 @functools.partial(jax.jit, static_argnames=("task_config", "length",
@@ -87,6 +110,129 @@ def _time(fn, repeats):
   return (time.perf_counter() - t0) / repeats
 
 
+# --- End-to-end mode: `lopt train` itself, cold and then warm. -------------
+
+def _train_once(cmd: list[str], env: dict, seconds: float, log_path: str):
+  """Runs ``cmd`` (a ``lopt train``) for ``seconds``, then SIGINT; returns
+  (seconds from launch to the first meta-step's line or None, exit code)."""
+  t0 = time.time()
+  first = None
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = t0 + seconds
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    interrupted = False
+    while True:
+      timeout = max(0.0, deadline - time.time()) if not interrupted else 5.0
+      if sel.select(timeout):
+        line = proc.stderr.readline()
+        if not line:
+          break
+        log.write(f"{time.time() - t0:8.1f} {line}")
+        log.flush()
+        if first is None and re.match(r"\s*step\s+\d+/", line):
+          first = time.time() - t0
+      elif not interrupted and time.time() >= deadline:
+        proc.send_signal(signal.SIGINT)
+        interrupted = True
+    rc = proc.wait()
+  return first, rc
+
+
+def _counters(workdir: str) -> dict:
+  path = os.path.join(workdir, "counters.json")
+  if not os.path.exists(path):
+    raise SystemExit(f"{path} is missing: the run did not end cleanly (see "
+                     f"{workdir}.log)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _compile_free_rate(cfg, groups: int, seed: int) -> float:
+  """Task-steps/s of meta-gradient calls on ``groups`` groups sampled as a
+  worker samples them, each timed after a warm-up call of the same length
+  and keys (compilation excluded)."""
+  from metatrain.training import meta_step
+  theta = hrnn.init_theta(jax.random.PRNGKey(cfg.seed), cfg.hrnn)
+  rng = np.random.default_rng(seed)
+  ens = cfg.tasks.ensemble()
+  steps = seconds = 0.0
+  for _ in range(groups):
+    g = meta_step.TaskGroup.sample(rng, ens, cfg, theta)
+    state = g.states
+    r = copy.deepcopy(rng)
+    jax.block_until_ready(g.meta_grad(theta, r, cfg)[0])  # compiles
+    for _ in range(2):
+      g.states, g.age, r = state, 0, copy.deepcopy(rng)
+      t = time.perf_counter()
+      grad, _, n = g.meta_grad(theta, r, cfg)
+      jax.block_until_ready(grad)
+      seconds += time.perf_counter() - t
+      steps += n
+    rng = r
+  return steps / seconds
+
+
+def widths(args) -> None:
+  """Compile-excluded task-steps/s of the config's groups against their
+  width: PES pairs per group (``meta_grad.pes_pairs``) or, for BPTT, tasks
+  per group (``unroll.tasks_per_group``); the same sampled configs each."""
+  base = config_lib.load(args.config, args.set)
+  pes_groups = base.meta_grad.estimator == "pes"
+  knob = "meta_grad.pes_pairs" if pes_groups else "unroll.tasks_per_group"
+  print(f"{knob:>24} {'members':>8} {'task-steps/s':>13} {'x first':>8}")
+  first = None
+  for w in args.widths:
+    cfg = config_lib.load(args.config, list(args.set) + [f"{knob}={w}"])
+    rate = _compile_free_rate(cfg, args.groups, args.seed)
+    first = first or rate
+    print(f"{w:>24} {2 * w if pes_groups else w:>8} {rate:>13,.0f} "
+          f"{rate / first:>8.2f}", flush=True)
+
+
+def end_to_end(args) -> None:
+  """``lopt train`` for ``--minutes`` cold (empty compile cache), then
+  ``--warm-minutes`` warm (the cache the cold run filled)."""
+  out = args.out or tempfile.mkdtemp(prefix="lopt-e2e-")
+  os.makedirs(out, exist_ok=True)
+  cache = os.path.join(out, "jax-cache")
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache)
+  rows = []
+  for label, minutes in (("cold", args.minutes), ("warm", args.warm_minutes)):
+    if minutes <= 0:
+      continue
+    workdir = os.path.join(out, label)
+    cmd = [sys.executable, "-m", "infra.cli", "train", "--config",
+           args.config, "--workers", str(args.workers), "--workdir", workdir,
+           "--steps", "1000000"]
+    for s in args.set:
+      cmd += ["--set", s]
+    print(f"{label}: {' '.join(cmd[2:])} for {minutes:g} min", flush=True)
+    first, rc = _train_once(cmd, env, 60 * minutes, workdir + ".log")
+    c = _counters(workdir)
+    rows.append((label, minutes, first, rc, c))
+  print(f"\n{'run':<5} {'min':>5} {'first step s':>12} {'meta-steps':>10} "
+        f"{'steps/min':>9} {'task-steps':>11} {'train s':>8} "
+        f"{'task-steps/s':>12} {'compile-free':>12} {'efficiency':>10} "
+        f"{'compiles':>8}")
+  for label, minutes, first, rc, c in rows:
+    secs = float(c.get("train_seconds", 0)) or float("nan")
+    ts = float(c.get("task_steps", 0))
+    warm_s = float(c.get("warm_ms", 0)) / 1000 or float("nan")
+    rate = float(c.get("warm_task_steps", 0)) / warm_s
+    print(f"{label:<5} {minutes:>5g} "
+          f"{(f'{first:.1f}' if first is not None else '-'):>12} "
+          f"{c['step']:>10} {60 * c['step'] / secs:>9.1f} {ts:>11,.0f} "
+          f"{secs:>8.0f} {ts / secs:>12,.0f} {rate:>12,.0f} "
+          f"{ts / secs / rate:>10.2f} {c.get('compiles', '?'):>8}")
+  print(f"(compile-free: the run's own rate over the group calls that "
+        f"compiled nothing, from counters.json's warm_task_steps/warm_ms; "
+        f"efficiency: task-steps/s over it; first step: seconds from launch "
+        f"to the first meta-step's line; workdirs and logs in {out})")
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--config", default="default")
@@ -95,7 +241,23 @@ def main() -> None:
   ap.add_argument("--length", type=int, default=40)
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--e2e", action="store_true",
+                  help="end-to-end: run `lopt train` cold, then warm")
+  ap.add_argument("--minutes", type=float, default=15.0)
+  ap.add_argument("--warm-minutes", type=float, default=5.0)
+  ap.add_argument("--workers", type=int, default=1)
+  ap.add_argument("--out", default="", help="e2e workdirs (default: a "
+                  "new temp dir)")
+  ap.add_argument("--widths", type=lambda v: [int(x) for x in v.split(",")],
+                  default=None, help="e.g. 8,16,32: task-steps/s against "
+                  "the groups' width (PES pairs, or BPTT tasks per group)")
   args = ap.parse_args()
+  if args.e2e:
+    end_to_end(args)
+    return
+  if args.widths:
+    widths(args)
+    return
   cfg = config_lib.load(args.config, args.set)
   ucfg = cfg.unroll
   n = ucfg.tasks_per_group

@@ -9,7 +9,7 @@ scalars, jits one optimizer step for each optimizer and times it. The
 layouts: ``resnet``, a few big matrices and up to 64 small vectors (biases,
 norms); ``flat``, one tensor. The optimizers: ``adam`` (optax), ``hrnn-jax``
 (the pure-JAX HRNN update, ``kernel=False``) and ``hrnn-kernel`` (its
-per-parameter pass as the compiled CPU kernel, ``metatrain.hrnn_kernel``;
+per-parameter pass as the compiled CPU kernel, ``metatrain.optimizer.hrnn_kernel``;
 "n/a" where it is not built or not supported; ``LOPT_HRNN_ISA=avx2`` or
 ``base`` times a lower instruction set's copy). Every (optimizer, size)
 pair runs in a fresh subprocess so the peak memory figure is its own. It
@@ -53,12 +53,13 @@ def _tree_bytes(tree) -> int:
 def measure(opt: str, n: int, iters: int, layout: str = "resnet") -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from metatrain import hrnn, hrnn_optax  # pylint: disable=import-outside-toplevel
+  from metatrain import hrnn_optax
+  from metatrain.optimizer import hrnn
   params = _params(n, layout)
   if opt == "adam":
     tx = optax.adam(1e-3)
   else:
-    from metatrain import hrnn_kernel  # pylint: disable=import-outside-toplevel
+    from metatrain.optimizer import hrnn_kernel
     cfg = hrnn.HRNNConfig()
     kernel = opt == "hrnn-kernel"
     if kernel and not hrnn_kernel.available():
@@ -82,7 +83,7 @@ def measure(opt: str, n: int, iters: int, layout: str = "resnet") -> dict:
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
   isa = None
   if opt == "hrnn-kernel":
-    from metatrain import hrnn_kernel  # pylint: disable=import-outside-toplevel
+    from metatrain.optimizer import hrnn_kernel
     isa = hrnn_kernel.isa()
   return {"opt": opt, "n": n, "median_s": times[len(times) // 2], "isa": isa,
           "state_bytes_per_param": _tree_bytes(state) / n,
@@ -147,7 +148,7 @@ def main() -> None:
     kernel = (f"; kernel instruction set: {isa} ($LOPT_HRNN_ISA picks "
               "another)")
   else:
-    from metatrain import hrnn_kernel  # pylint: disable=import-outside-toplevel
+    from metatrain.optimizer import hrnn_kernel
     kernel = f"; kernel unavailable: {hrnn_kernel.unavailable_reason()}"
   print(f"backend: {backend}{kernel}")
 

@@ -23,9 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import ray  # noqa: E402
 
-from metatrain import config as config_lib  # noqa: E402
-from metatrain import hrnn, launcher  # noqa: E402
-from metatrain.worker import UnrollWorker, actor_options  # noqa: E402
+from metatrain.distributed import launcher
+from metatrain.optimizer import hrnn
+from metatrain.training import config as config_lib
+from metatrain.distributed.worker import UnrollWorker, actor_options  # noqa: E402
 
 
 def measure(cfg, n: int, seconds: float, warmup_calls: int) -> dict:

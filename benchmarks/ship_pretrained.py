@@ -35,8 +35,9 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 
 from evaluators import records, suites, watch  # noqa: E402
-from infra import export_cmd  # noqa: E402
-from metatrain import checkpoints, export, hrnn  # noqa: E402
+from infra.commands import export as export_cmd  # noqa: E402
+from metatrain.distributed import checkpoints
+from metatrain.optimizer import export, hrnn
 
 
 def _score(select_dir, suite, source):

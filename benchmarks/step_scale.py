@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from evaluators import baselines, problems, records, runner  # noqa: E402
-from metatrain import export, zoo  # noqa: E402
+from metatrain.optimizer import export, zoo
 
 
 def scaled(theta, scale: float):

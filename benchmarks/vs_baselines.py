@@ -39,7 +39,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from evaluators import records, suites, watch  # noqa: E402
-from metatrain import zoo  # noqa: E402
+from metatrain.optimizer import zoo
 
 PARTS = {
     "heldout": ("heldout", []),

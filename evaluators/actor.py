@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from metatrain.learner import error_summary
+from metatrain.distributed.learner import error_summary
 
 
 class EvaluatorActor:
@@ -26,7 +26,9 @@ class EvaluatorActor:
   run while ``run`` is busy."""
 
   def __init__(self, workdir: str, suite: str, overrides: list[str],
-               index: int, count: int):
+               index: int, count: int, nice: int = 0):
+    if nice > 0:  # below training's priority: CPU only when it leaves some
+      os.nice(nice)
     self.args = (workdir, suite, list(overrides), index, count)
     self.final_step: int | None = None
     self.stop_event = threading.Event()
@@ -64,7 +66,8 @@ class EvaluatorPool:
 
   def __init__(self, workdir: str, suite: str, overrides: list[str],
                count: int, *, num_cpus: float = 1.0, num_gpus: float = 0.0,
-               poll_s: float = 30.0, actor_cls: type = EvaluatorActor):
+               poll_s: float = 30.0, nice: int = 10,
+               actor_cls: type = EvaluatorActor):
     import ray  # pylint: disable=import-outside-toplevel
     self.poll_s = poll_s
     self.counters = {"evaluator_errors": 0, "evaluator_failures": 0}
@@ -74,7 +77,7 @@ class EvaluatorPool:
       opts["num_gpus"] = num_gpus
     cls = ray.remote(actor_cls).options(**opts)
     workdir = os.path.abspath(workdir)
-    self.actors = [cls.remote(workdir, suite, overrides, i, count)
+    self.actors = [cls.remote(workdir, suite, overrides, i, count, nice)
                    for i in range(count)]
     self.pending: dict[Any, int] = {}
     self.retry_at: dict[int, float] = {}

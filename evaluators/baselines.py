@@ -19,9 +19,10 @@ from typing import Any, Callable
 import optax
 
 from evaluators.runner import Optimizer
-from metatrain import hrnn
-from metatrain.hrnn_config import HRNNConfig
-from metatrain.optax_adapter import hrnn_optax
+from metatrain.distributed.workdir import Workdir
+from metatrain.optimizer import hrnn
+from metatrain.optimizer.hrnn_config import HRNNConfig
+from metatrain.optimizer.optax_adapter import hrnn_optax
 
 # Cache entries from a different format are recomputed, never misread.
 CACHE_VERSION = 1
@@ -58,7 +59,7 @@ class BaselineCache:
   """Baseline run results on disk, one JSON file per run key."""
 
   def __init__(self, workdir: str):
-    self.dir = os.path.join(workdir, "eval", "baselines")
+    self.dir = Workdir(workdir).baselines
 
   @staticmethod
   def key(task_key: str, optimizer: str, learning_rate: float, seed: int,

@@ -30,7 +30,7 @@ import optax
 
 from evaluators import data
 from evaluators.runner import Problem
-from metatrain import unroll
+from metatrain.training import unroll
 from metatrain.tasks import (build_task, default_ensemble, holdout_configs,
                              validation_configs)
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from evaluators import records, tb_events
+from metatrain.distributed.workdir import Workdir
 
 
 def _fmt(v: float | None, nd: int = 4) -> str:
@@ -37,7 +38,7 @@ def _fmt(v: float | None, nd: int = 4) -> str:
 
 
 def load(workdir: str) -> list[dict[str, Any]]:
-  return records.read(os.path.join(workdir, "eval", "records.jsonl"))
+  return records.read(Workdir(workdir).records)
 
 
 def evaluated_sources(recs: list[dict[str, Any]]) -> list[str]:
@@ -188,7 +189,7 @@ def _across_checkpoints(recs, srcs):
 def resume_steps(workdir: str) -> list[int]:
   """Steps at which a later ``lopt train`` session resumed (run_info.json)."""
   try:
-    with open(os.path.join(workdir, "run_info.json")) as f:
+    with open(Workdir(workdir).run_info) as f:
       sessions = json.load(f).get("sessions", [])
   except (OSError, ValueError, AttributeError):
     return []
@@ -199,7 +200,7 @@ def resume_steps(workdir: str) -> list[int]:
 
 def _training(workdir):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  scalars = tb_events.read_scalars(os.path.join(workdir, "tb"))
+  scalars = tb_events.read_scalars(Workdir(workdir).tb)
   tags = [t for t in ("train/meta_loss", "train/grad_norm",
                       "train/task_steps_per_s") if scalars.get(t)]
   if not tags:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metatrain import programs
+from metatrain.training import programs
 
 Batch = Any
 

@@ -33,8 +33,11 @@ import numpy as np
 from evaluators import baselines, problems, records
 from evaluators.runner import Problem, run
 from evaluators.suites import SuiteConfig
-from metatrain import checkpoints, export, programs
-from metatrain.hrnn_config import HRNNConfig
+from metatrain.distributed import checkpoints
+from metatrain.distributed.workdir import Workdir
+from metatrain.optimizer import export
+from metatrain.optimizer.hrnn_config import HRNNConfig
+from metatrain.training import programs
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -110,7 +113,7 @@ class Evaluator:
     self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     self.should_stop = should_stop
     self.writer = records.RecordWriter(
-        os.path.join(workdir, "eval", "records.jsonl"))
+        Workdir(workdir).records)
     self.cache = baselines.BaselineCache(workdir)
     self.counters = {"runs": 0, "cached": 0, "skipped": 0, "errors": 0}
     self.evaluated: str | None = None  # the source follow() evaluated last
@@ -222,7 +225,7 @@ class Evaluator:
                    if r["source"] == src), None) or 0
       if self._tb is None:
         from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-        self._tb = SummaryWriter(os.path.join(self.workdir, "tb", "eval"))
+        self._tb = SummaryWriter(Workdir(self.workdir).tb_eval)
       ratios = []
       for r in rows:
         t = r["task"].replace(":", "_")
@@ -309,7 +312,7 @@ def evaluate_once(workdir: str, suite: SuiteConfig, source: Source, *,
     ev.evaluate(source)
   finally:
     ev.close()
-  return records.read(os.path.join(workdir, "eval", "records.jsonl"))
+  return records.read(Workdir(workdir).records)
 
 
 def evaluate_theta(workdir: str, suite: SuiteConfig, config: HRNNConfig,

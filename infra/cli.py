@@ -19,7 +19,7 @@ _HEAVY = ("train", "evaluate", "demo")
 
 
 def _cmd_demo(args) -> int:
-  from metatrain import demo  # pylint: disable=import-outside-toplevel
+  from metatrain.training import demo
   demo.run(steps=args.steps, seed=args.seed)
   return 0
 
@@ -41,7 +41,7 @@ def _warn(msg: str) -> None:
 
 def load_config(name_or_path: str, overrides: list[str] | None):
   """``config.load``, its ValueError as a UsageError."""
-  from metatrain import config as config_lib  # pylint: disable=import-outside-toplevel
+  from metatrain.training import config as config_lib
   try:
     return config_lib.load(name_or_path, overrides or [])
   except ValueError as e:
@@ -76,7 +76,7 @@ def _cmd_train(args) -> int:
     raise UsageError("--steps must be >= 1")
   if args.workers is not None and args.workers < 0:
     raise UsageError("--workers must be >= 0")
-  from metatrain import workdir_lock  # pylint: disable=import-outside-toplevel
+  from metatrain.distributed import workdir_lock
   lock = workdir_lock.WorkdirLock(args.workdir, warn=_warn)
   try:
     lock.acquire()
@@ -98,19 +98,16 @@ def _train_logged(cfg, args) -> int:
   the libraries' tracebacks in ``workdir/lopt.log``."""
   import json  # pylint: disable=import-outside-toplevel
   from infra import run_log  # pylint: disable=import-outside-toplevel
-  from metatrain import checkpoints, launcher  # pylint: disable=import-outside-toplevel
-  from metatrain import config as config_lib  # pylint: disable=import-outside-toplevel
+  from metatrain.distributed import checkpoints, launcher
+  from metatrain.training import config as config_lib
+  from metatrain.distributed.workdir import Workdir  # pylint: disable=import-outside-toplevel
   log = run_log.RunLog(args.workdir, " ".join(["lopt", *sys.argv[1:]]))
   log.install()
   try:
-    path = os.path.join(args.workdir, "config.json")
+    path = Workdir(args.workdir).config
     with open(path + ".tmp", "w") as f:
       json.dump(config_lib.to_dict(cfg), f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)
-    if args.workers == 0:
-      from metatrain import local_train  # pylint: disable=import-outside-toplevel
-      local_train.train(cfg, steps=args.steps)
-      return 0
     pool = None
     if cfg.evaluator.count:
       from evaluators.actor import EvaluatorPool as pool  # pylint: disable=import-outside-toplevel
@@ -129,7 +126,7 @@ def _train_logged(cfg, args) -> int:
 
 
 def _disk_error(workdir: str, e: OSError) -> str:
-  from metatrain import checkpoint_dirs  # pylint: disable=import-outside-toplevel
+  from metatrain.distributed import checkpoint_dirs
   stored = checkpoint_dirs.stored_config(workdir)
   return checkpoint_dirs.disk_failure(
       f"cannot write {e.filename or workdir}", e.strerror, workdir,
@@ -143,8 +140,8 @@ def _resume_mismatch(cfg, workdir: str) -> str | None:
   with (e.g. the nominal-Adam start reads them differently), so resuming a
   checkpoint under another ``hrnn`` config is refused.
   """
-  from metatrain import checkpoint_dirs  # pylint: disable=import-outside-toplevel
-  from metatrain.hrnn_config import HRNNConfig  # pylint: disable=import-outside-toplevel
+  from metatrain.distributed import checkpoint_dirs
+  from metatrain.optimizer.hrnn_config import HRNNConfig  # pylint: disable=import-outside-toplevel
   stored = checkpoint_dirs.stored_config(workdir)  # no JAX before Ray forks
   if stored is None:
     return None
@@ -170,7 +167,7 @@ def _json_value(v) -> str:
 
 
 def _cmd_evaluate(args) -> int:
-  from infra import evaluate_cmd  # pylint: disable=import-outside-toplevel
+  from infra.commands import evaluate as evaluate_cmd  # pylint: disable=import-outside-toplevel
   return evaluate_cmd.main(args)
 
 
@@ -210,7 +207,7 @@ def _cmd_monitor(args) -> int:
 
 
 def _cmd_export(args) -> int:
-  from infra import export_cmd  # pylint: disable=import-outside-toplevel
+  from infra.commands import export as export_cmd  # pylint: disable=import-outside-toplevel
   try:
     if args.inspect:
       print(export_cmd.inspect(args.inspect))
@@ -263,7 +260,7 @@ class _Notes(logging.Handler):
 
 
 def _show_notes() -> None:
-  log = logging.getLogger("metatrain.hrnn_kernel")
+  log = logging.getLogger("metatrain.optimizer.hrnn_kernel")
   if not any(isinstance(h, _Notes) for h in log.handlers):
     log.addHandler(_Notes())
     log.setLevel(logging.INFO)

@@ -25,7 +25,9 @@ def _version(dist: str) -> str:
 def report() -> list[str]:
   """The lines ``lopt doctor`` prints."""
   import jax  # pylint: disable=import-outside-toplevel
-  from metatrain import __version__, hrnn_kernel, programs  # pylint: disable=import-outside-toplevel
+  from metatrain import __version__
+  from metatrain.optimizer import hrnn_kernel
+  from metatrain.training import programs
   lines = [f"lopt {__version__} on Python {platform.python_version()} "
            f"({sys.platform}, {platform.machine()})"]
   lines.append("packages: " + ", ".join(

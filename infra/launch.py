@@ -239,7 +239,7 @@ def _validate(action: str, rest: list[str]):
     raise LaunchError(f"{action}: {e}") from None
   try:
     if action == "train":
-      from metatrain import config as config_lib  # pylint: disable=import-outside-toplevel
+      from metatrain.training import config as config_lib
       config_lib.load(parsed.config, parsed.set or [])
     else:
       from evaluators import suites  # pylint: disable=import-outside-toplevel

@@ -29,7 +29,8 @@ class _Version(argparse.Action):
   """``--version``: the version, then the HRNN kernel's status line."""
 
   def __call__(self, parser, namespace, values, option_string=None):
-    from metatrain import __version__, hrnn_kernel  # pylint: disable=import-outside-toplevel
+    from metatrain import __version__
+    from metatrain.optimizer import hrnn_kernel
     print(f"lopt {__version__}")
     print(hrnn_kernel.status_line())
     sys.stdout.flush()
@@ -84,7 +85,7 @@ TRAIN_EXAMPLES = """examples:
   lopt train                                   # local Ray, runs/default
   lopt train --config tiny --steps 20          # a smoke test in minutes
   lopt train --workdir runs/a --evaluators 1   # evaluate checkpoints as it trains
-  lopt train --set unroll.steps_mean=50 --set learner.save_every=5
+  lopt train --set tasks.num_groups=8 --set learner.save_every=5
   lopt train --address auto --workdir /mnt/runs/a   # join a running cluster
 
 Ctrl-C saves a checkpoint and stops; the same command resumes. One trainer
@@ -120,14 +121,14 @@ def build_parser(parser_class=argparse.ArgumentParser
   t.add_argument("--config", default="default",
                  help="preset name (default, tiny, paper) or a JSON file")
   t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                 help="override a config field, e.g. --set unroll.steps_mean=50")
+                 help="override a config field, e.g. --set tasks.num_groups=8")
   t.add_argument("--address", default=None,
                  help="Ray address; 'auto' joins a running cluster. "
                  "Default: start a local Ray instance")
   t.add_argument("--workers", type=int, default=None,
                  help="unroll workers (default: as many as the Ray cluster "
-                 "fits, leaving a CPU for the learner); 0 runs everything in "
-                 "this process without Ray")
+                 "fits, leaving a CPU for the learner); 0: one in-process worker, "
+                 "no Ray (same checkpoints, TensorBoard and resume)")
   t.add_argument("--steps", type=int, default=None,
                  help="meta-steps (default: the config's steps)")
   t.add_argument("--dashboard", action="store_true",

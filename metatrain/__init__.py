@@ -1,9 +1,11 @@
 """lopt.metatrain: define, meta-train, save and load learned optimizers."""
 
-from metatrain.export import load_optimizer, read_optimizer, save_optimizer
-from metatrain.hrnn import HRNNConfig, HRNNState, init_theta, true_params
-from metatrain.optax_adapter import hrnn_optax
-from metatrain.zoo import pretrained, pretrained_info, pretrained_path
+from metatrain.optimizer.export import (load_optimizer, read_optimizer,
+                                        save_optimizer)
+from metatrain.optimizer.hrnn import (HRNNConfig, HRNNState, init_theta,
+                                      true_params)
+from metatrain.optimizer.optax_adapter import hrnn_optax
+from metatrain.optimizer.zoo import pretrained, pretrained_info, pretrained_path
 
 __version__ = "0.1.0"
 

@@ -7,17 +7,20 @@ Transforms: rescale, param_scale, log_objective, gradient_noise, sparse. See
 tasks, ``validation_configs`` the validation tasks.
 """
 
-from metatrain.tasks.base import FnTask, Task, TaskConfig, TaskFamily
+from metatrain.tasks.base import (Bucket, FnTask, Settings, Task, TaskConfig,
+                                  TaskFamily)
 from metatrain.tasks.ensemble import (HOLDOUT_ENSEMBLE, HOLDOUT_SEED,
                                       VALIDATION_SEED, Ensemble,
                                       default_ensemble, ensemble_for,
                                       holdout_configs, holdout_ensemble,
                                       validation_configs)
+from metatrain.tasks.buckets import build_bucket, split
 from metatrain.tasks.registry import FAMILIES, build_task
 from metatrain.tasks.transforms import TRANSFORMS, Transform
 
 __all__ = ["FAMILIES", "HOLDOUT_ENSEMBLE", "HOLDOUT_SEED", "TRANSFORMS",
-           "VALIDATION_SEED", "Ensemble", "FnTask", "Task", "TaskConfig",
-           "TaskFamily", "Transform", "build_task", "default_ensemble",
+           "VALIDATION_SEED", "Bucket", "Ensemble", "FnTask", "Settings",
+           "Task", "TaskConfig", "TaskFamily", "Transform", "build_bucket",
+           "build_task", "default_ensemble",
            "ensemble_for", "holdout_configs", "holdout_ensemble",
-           "validation_configs"]
+           "split", "validation_configs"]

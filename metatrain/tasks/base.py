@@ -4,8 +4,14 @@ A ``TaskConfig`` fixes every array shape, so the tasks of one config can be
 vmapped over seeds. ``Task.init(key)`` samples a problem instance (its params
 and its data); losses are pure functions of ``(params, data, key)``.
 
-Static settings are drawn from small discrete sets on purpose: every distinct
-config is a separate jit compilation of the meta-training unroll.
+Meta-training does not compile one program per config: a family splits a
+config into a ``Bucket`` (its static shape settings, padded sizes where a
+size is rounded up) and dynamic hyperparameters, arrays that the one
+compiled program of the bucket takes as inputs (``tasks/buckets.py``). A
+family's build function therefore reads its settings with ``cfg.get`` from
+either a ``TaskConfig`` (python values: the exact task, as evaluators build
+it) or a ``Settings`` view (some values traced arrays), and keeps python
+branches to settings that are static in both.
 """
 
 from __future__ import annotations
@@ -31,6 +37,24 @@ def _freeze(v: Any) -> Any:
   if isinstance(v, np.generic):
     return v.item()
   return v
+
+
+def is_static(v: Any) -> bool:
+  """True for a python (or numpy scalar) value, False for an array (a
+  bucket's hyperparameter: traced inside jit)."""
+  return isinstance(v, (int, float, str, tuple, np.generic))
+
+
+def is_zero(v: Any) -> bool:
+  """True when ``v`` is a static zero (a traced value never is)."""
+  return is_static(v) and not isinstance(v, (str, tuple)) and v == 0
+
+
+def _lookup(pairs: tuple, key: str, default: Any) -> Any:
+  for k, v in pairs:
+    if k == key:
+      return v
+  return default
 
 
 def _fmt(v: Any) -> str:
@@ -77,10 +101,7 @@ class TaskConfig:
 
   def get(self, key: str, default: Any = None) -> Any:
     """The value of static setting ``key``, or ``default``."""
-    for k, v in self.params:
-      if k == key:
-        return v
-    return default
+    return _lookup(self.params, key, default)
 
   @property
   def name(self) -> str:
@@ -122,6 +143,46 @@ class TaskConfig:
   @classmethod
   def from_json(cls, s: str) -> "TaskConfig":
     return cls.from_dict(json.loads(s))
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+  """The static part of task configs that share one compiled program.
+
+  Attributes:
+    family: the family's registry name.
+    params: ``((key, value), ...)``: the static settings (shapes, and the
+      padded sizes of settings that the bucket makes dynamic).
+  """
+
+  family: str
+  params: tuple = ()
+
+  def __post_init__(self):
+    object.__setattr__(self, "params", _freeze(self.params))
+    hash(self)
+
+  def get(self, key: str, default: Any = None) -> Any:
+    return _lookup(self.params, key, default)
+
+  @property
+  def name(self) -> str:
+    return f"{self.family}[{_settings(self.params)}]"
+
+
+class Settings:
+  """A config's settings as a build function reads them: the bucket's static
+  ones, and the sample's dynamic ones (arrays, traced inside jit)."""
+
+  def __init__(self, bucket: Bucket, hparams: dict[str, Any]):
+    self.bucket, self.hparams = bucket, hparams
+    self.family = bucket.family
+    self.name = bucket.name
+
+  def get(self, key: str, default: Any = None) -> Any:
+    if key in self.hparams:
+      return self.hparams[key]
+    return self.bucket.get(key, default)
 
 
 def normal(key, shape, dtype=jnp.float32) -> jax.Array:
@@ -218,7 +279,8 @@ class FnTask(Task):
                full_loss: Callable | None = None, grad_noise: float = 0.0):
     self.config = config
     self._init, self._loss, self._full = init, loss, full_loss
-    self.grad_noise = float(grad_noise)
+    self.grad_noise = (float(grad_noise) if is_static(grad_noise) else
+                       grad_noise)
 
   def init(self, key):
     return self._init(key)
@@ -232,7 +294,7 @@ class FnTask(Task):
     return self._full(params, data)
 
   def loss_and_grad(self, params, data, key):
-    if not self.grad_noise:
+    if is_zero(self.grad_noise):
       return super().loss_and_grad(params, data, key)
     k_loss, k_noise = jax.random.split(key)
     loss, grads = jax.value_and_grad(self.loss)(params, data, k_loss)
@@ -247,13 +309,21 @@ class TaskFamily:
     name: registry name (short snake_case).
     description: one line, shown by ``lopt tasks``.
     sample_fn: ``rng -> dict`` of static settings.
-    build_fn: ``TaskConfig -> Task``.
+    build_fn: ``TaskConfig | Settings -> Task``.
+    bucket_fn: ``TaskConfig -> (static, dynamic)``, two dicts: the bucket's
+      settings and the sample's dynamic hyperparameters (python numbers or
+      tuples of them, the same keys and shapes for every config of the
+      bucket). None: every setting is static (a bucket per config).
+    build_bucket_fn: builds a bucket's task from ``Settings`` where that
+      differs from ``build_fn`` (the sum's uniform parts).
   """
 
   name: str
   description: str
   sample_fn: Callable[[np.random.Generator], dict[str, Any]]
   build_fn: Callable[[TaskConfig], Task]
+  bucket_fn: Callable[[TaskConfig], tuple[dict, dict]] | None = None
+  build_bucket_fn: Callable[[Settings], Task] | None = None
 
   def sample(self, rng: np.random.Generator) -> TaskConfig:
     return TaskConfig(self.name, tuple(self.sample_fn(rng).items()))

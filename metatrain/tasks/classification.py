@@ -15,8 +15,8 @@ import numpy as np
 import optax
 
 from metatrain.tasks.base import (L2_SCALE, FnTask, TaskConfig, TaskFamily,
-                                  choice, l2_penalty, normal, normal_tree,
-                                  uniform)
+                                  choice, is_static, l2_penalty, normal,
+                                  normal_tree, uniform)
 
 NUM_SAMPLES = 1000
 BATCH_SIZES = (20, 32, 50, 64, 100)
@@ -54,12 +54,28 @@ def _minibatch(key, batch: int):
   return jax.random.randint(key, (batch,), 0, NUM_SAMPLES)
 
 
-def _xent(logits, y):
-  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y))
+def _xent(logits, y, weights=None):
+  """Mean cross-entropy; with ``weights`` (0/1 per row), over the rows that
+  count."""
+  xent = optax.sigmoid_binary_cross_entropy(logits, y)
+  if weights is None:
+    return jnp.mean(xent)
+  return jnp.sum(weights * xent) / jnp.sum(weights)
+
+
+def _batch_rows(key, batch, pad_batch):
+  """A minibatch's row indices and row weights: ``batch`` rows, or, where
+  the batch size is a bucket's hyperparameter, ``pad_batch`` rows of which
+  the first ``batch`` count (weights None: every row counts)."""
+  if is_static(batch):
+    return _minibatch(key, batch), None
+  return (_minibatch(key, pad_batch),
+          (jnp.arange(pad_batch) < batch).astype(jnp.float32))
 
 
 def _build_logistic(cfg: TaskConfig) -> FnTask:
   dim, batch, sep = cfg.get("dim"), cfg.get("batch"), cfg.get("sep", 1.0)
+  pad_batch = cfg.get("pad_batch", batch)
 
   def init(key):
     kd, kw = jax.random.split(key)
@@ -68,12 +84,12 @@ def _build_logistic(cfg: TaskConfig) -> FnTask:
               "b": jnp.zeros(())}
     return params, {"x": x, "y": y}
 
-  def objective(p, x, y):
-    return _xent(x @ p["w"] + p["b"], y) + L2_SCALE * l2_penalty(p)
+  def objective(p, x, y, weights=None):
+    return _xent(x @ p["w"] + p["b"], y, weights) + L2_SCALE * l2_penalty(p)
 
   def loss(p, d, key):
-    idx = _minibatch(key, batch)
-    return objective(p, d["x"][idx], d["y"][idx])
+    idx, weights = _batch_rows(key, batch, pad_batch)
+    return objective(p, d["x"][idx], d["y"][idx], weights)
 
   return FnTask(cfg, init, loss, lambda p, d: objective(p, d["x"], d["y"]),
                 grad_noise=cfg.get("noise", 0.0))
@@ -86,7 +102,10 @@ LOGISTIC = TaskFamily(
                  "sep": choice(rng, [1.0, 1.5, 2.0]),
                  "batch": choice(rng, BATCH_SIZES),
                  "noise": choice(rng, [0.0, 0.0, 0.1, 0.5])},
-    _build_logistic)
+    _build_logistic,
+    bucket_fn=lambda c: ({"dim": c.get("dim"), "pad_batch": max(BATCH_SIZES)},
+                         {"sep": c.get("sep", 1.0), "batch": c.get("batch"),
+                          "noise": c.get("noise", 0.0)}))
 
 
 def _mlp(p, x, n_layers: int, act):
@@ -107,6 +126,8 @@ def _teacher_labels(x, weights):
 
 
 def _build_mlp(cfg: TaskConfig) -> FnTask:
+  if cfg.get("pad_hidden") is not None:
+    return _build_padded_mlp(cfg)
   dim, hidden, batch = cfg.get("dim"), cfg.get("hidden"), cfg.get("batch")
   act = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}[cfg.get("act")]
   sizes = (dim,) + tuple(hidden) + (1,)
@@ -137,6 +158,83 @@ def _build_mlp(cfg: TaskConfig) -> FnTask:
   return FnTask(cfg, init, loss, lambda p, d: objective(p, d["x"], d["y"]))
 
 
+ACTIVATIONS = ("sigmoid", "tanh")  # a bucket's ``act`` indexes these
+MLP_DIM_PAD = 12  # a bucket's inputs: the largest of the sampled dims
+MLP_WIDTH_PADS = (8, 32)  # a bucket's hidden widths round up to these
+# ... and, from this depth on, all to the largest (few samples are that
+# deep; 8 buckets of them would compile 8 programs for 1/3 of the MLPs).
+MLP_DEEP = 3
+
+
+def _mlp_bucket(c: TaskConfig):
+  hidden = tuple(c.get("hidden"))
+  pads = tuple(min(p for p in MLP_WIDTH_PADS if p >= h) for h in hidden)
+  if len(hidden) >= MLP_DEEP:
+    pads = (max(MLP_WIDTH_PADS),) * len(hidden)
+  return ({"pad_dim": MLP_DIM_PAD, "pad_batch": max(BATCH_SIZES),
+           "pad_hidden": pads},
+          {"dim": c.get("dim"), "hidden": hidden,
+           "act": ACTIVATIONS.index(c.get("act")), "batch": c.get("batch")})
+
+
+def _build_padded_mlp(cfg) -> FnTask:
+  """The MLP of a bucket: inputs and hidden layers padded to static sizes.
+
+  The padded input features are zero and the padded hidden units' outputs
+  are masked to zero, so the loss is the unpadded MLP's and every padded
+  weight and bias has a zero gradient (the L2 penalty counts the real
+  entries only); padded entries start at zero.
+  """
+  dim, hidden, batch = cfg.get("dim"), cfg.get("hidden"), cfg.get("batch")
+  pad_hidden = tuple(cfg.get("pad_hidden"))
+  sizes = (cfg.get("pad_dim"),) + pad_hidden + (1,)
+  n_layers = len(sizes) - 1
+  fan_in = [dim] + [hidden[i] for i in range(len(pad_hidden))]
+  units = [jnp.arange(s) < n for s, n in zip(sizes[:-1], fan_in)]
+  units = [u.astype(jnp.float32) for u in units] + [jnp.ones((1,))]
+  masks = {}
+  for i in range(n_layers):
+    masks[f"w{i}"] = units[i][:, None] * units[i + 1][None, :]
+    masks[f"b{i}"] = units[i + 1]
+  is_tanh = cfg.get("act") == ACTIVATIONS.index("tanh")
+  teacher = [(sizes[0], TEACHER_WIDTH)] + [(TEACHER_WIDTH, TEACHER_WIDTH)] * (
+      TEACHER_DEPTH - 1)
+
+  def act(x):
+    return jnp.where(is_tanh, jnp.tanh(x), jax.nn.sigmoid(x))
+
+  def init(key):
+    shapes = {"x": (NUM_SAMPLES, sizes[0])}
+    shapes.update({f"t{i}": s for i, s in enumerate(teacher)})
+    shapes.update({f"w{i}": (sizes[i], sizes[i + 1]) for i in range(n_layers)})
+    z = normal_tree(key, shapes)
+    x = z["x"] * units[0]
+    params = {}
+    for i in range(n_layers):
+      params[f"w{i}"] = (1.2 / jnp.sqrt(fan_in[i].astype(jnp.float32)) *
+                         z[f"w{i}"] * masks[f"w{i}"])
+      params[f"b{i}"] = jnp.zeros((sizes[i + 1],))
+    # ReLU teachers are positively homogeneous: their labels do not depend
+    # on the scale of the (zero-padded) inputs.
+    labels = _teacher_labels(x, [z[f"t{i}"] for i in range(len(teacher))])
+    return params, {"x": x, "y": labels}
+
+  def objective(p, x, y, weights=None):
+    h = x
+    for i in range(n_layers):
+      h = h @ p[f"w{i}"] + p[f"b{i}"]
+      if i < n_layers - 1:
+        h = act(h) * units[i + 1]
+    real = jax.tree_util.tree_map(lambda w, m: w * m, p, masks)
+    return _xent(h[:, 0], y, weights) + L2_SCALE * l2_penalty(real)
+
+  def loss(p, d, key):
+    idx, weights = _batch_rows(key, batch, cfg.get("pad_batch"))
+    return objective(p, d["x"][idx], d["y"][idx], weights)
+
+  return FnTask(cfg, init, loss, lambda p, d: objective(p, d["x"], d["y"]))
+
+
 def _sample_mlp(rng):
   depth = int(rng.integers(1, 4))
   return {"dim": choice(rng, [5, 8, 12]),
@@ -148,4 +246,4 @@ def _sample_mlp(rng):
 MLP = TaskFamily(
     "mlp", "sigmoid/tanh MLP (1-3 hidden layers of 4-32) on random ReLU-MLP "
     "labels, 5-12 features, 1000 samples, batch 20-100",
-    _sample_mlp, _build_mlp)
+    _sample_mlp, _build_mlp, bucket_fn=_mlp_bucket)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from metatrain.tasks.base import (FnTask, TaskConfig, TaskFamily, choice,
-                                  uniform)
+                                  normal, uniform)
 
 
 def ackley(x, y):
@@ -93,8 +93,43 @@ def init_point(name: str, key) -> jax.Array:
   return uniform(key, (2,), minval=jnp.array(a), maxval=jnp.array(b))
 
 
+NAMES = tuple(sorted(FUNCTIONS))  # a bucket's ``fn`` indexes these
+
+
+def init_point_of(index, key) -> jax.Array:
+  """``init_point`` of function ``NAMES[index]``, index an array."""
+  box = [INITS[n] for n in NAMES]
+  lo = jnp.array([b[1] if b[0] == "uniform" else (0.0, 0.0) for b in box])
+  hi = jnp.array([b[2] if b[0] == "uniform" else (1.0, 1.0) for b in box])
+  mean = jnp.array([b[1] if b[0] == "normal" else 0.0 for b in box])
+  std = jnp.array([b[2] if b[0] == "normal" else 1.0 for b in box])
+  is_normal = jnp.array([b[0] == "normal" for b in box])
+  u = uniform(key, (2,), minval=lo[index], maxval=hi[index])
+  z = mean[index] + std[index] * normal(key, (2,))
+  return jnp.where(is_normal[index], z, u)
+
+
+def value_of(index, x) -> jax.Array:
+  """``FUNCTIONS[NAMES[index]](x[0], x[1])`` clipped at 0, index an array.
+
+  Every function is evaluated and one selected (no conditional: that
+  compiles and fuses better inside scans and vmaps); the others see the
+  point 0, so their gradients stay finite wherever ``x`` is.
+  """
+  picks = [index == j for j in range(len(NAMES))]
+  vals = []
+  for pick, name in zip(picks, NAMES):
+    v = jnp.where(pick, x, 0.0)
+    vals.append(jnp.maximum(FUNCTIONS[name](v[0], v[1]), 0.0))
+  return jnp.select(picks, vals)
+
+
 def _build(cfg: TaskConfig) -> FnTask:
   name = cfg.get("fn")
+  if not isinstance(name, str):  # a bucket's index (an array)
+    return FnTask(cfg, lambda key: ({"x": init_point_of(name, key)}, {}),
+                  lambda p, d, key: value_of(name, p["x"]),
+                  grad_noise=cfg.get("noise", 0.0))
   if name not in FUNCTIONS:
     raise ValueError(f"unknown 2-D function {name!r}; known: "
                      f"{', '.join(FUNCTIONS)}")
@@ -115,4 +150,6 @@ FN2D = TaskFamily(
     "; clean or noisy (gradient noise 1.0)",
     lambda rng: {"fn": choice(rng, sorted(FUNCTIONS)),
                  "noise": choice(rng, [0.0, 1.0])},
-    _build)
+    _build,
+    bucket_fn=lambda c: ({}, {"fn": NAMES.index(c.get("fn")),
+                              "noise": c.get("noise", 0.0)}))

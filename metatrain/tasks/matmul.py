@@ -16,7 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from metatrain.tasks.base import (FnTask, TaskConfig, TaskFamily, choice,
-                                  normal_tree)
+                                  is_static, normal_tree)
+
+# A bucket's products and batch round up to these (n -> k pad; batch pad).
+K_PADS = {2: 8, 3: 24}
+BATCH_PAD = 32
 
 
 def _onehot_products(n: int) -> np.ndarray:
@@ -27,28 +31,46 @@ def _onehot_products(n: int) -> np.ndarray:
 
 
 def _build(cfg: TaskConfig) -> FnTask:
+  """The task; where ``k`` and ``batch`` are a bucket's hyperparameters,
+  products past k are masked out (their parameters start at zero and get
+  zero gradients) and minibatch rows past ``batch`` do not count."""
   n, k, batch = cfg.get("n"), cfg.get("k"), cfg.get("batch", 16)
+  pad_k, pad_b = cfg.get("pad_k", k), cfg.get("pad_batch", batch)
   m = n * n
   target = _onehot_products(n)  # numpy constant (builds are cached)
+  kmask = None if is_static(k) else (jnp.arange(pad_k) < k).astype(
+      jnp.float32)
+  rows = None if is_static(batch) else (jnp.arange(pad_b) < batch).astype(
+      jnp.float32)
+
+  def masked(prod):
+    return prod if kmask is None else prod * kmask
 
   def init(key):
-    z = normal_tree(key, {"u": (k, m), "v": (k, m), "w": (m, k)})
+    z = normal_tree(key, {"u": (pad_k, m), "v": (pad_k, m), "w": (m, pad_k)})
     unit_rows = lambda x: x / jnp.linalg.norm(x, axis=1, keepdims=True)
     params = {"u": unit_rows(z["u"]), "v": unit_rows(z["v"]),
-              "w": z["w"] / math.sqrt(k)}
+              "w": z["w"] / (math.sqrt(k) if kmask is None else
+                             jnp.sqrt(k.astype(jnp.float32)))}
+    if kmask is not None:
+      params = {"u": params["u"] * kmask[:, None],
+                "v": params["v"] * kmask[:, None], "w": params["w"] * kmask}
     return params, {}
 
   def loss(p, d, key):
     del d
-    z = normal_tree(key, {"a": (batch, n, n), "b": (batch, n, n)})
+    z = normal_tree(key, {"a": (pad_b, n, n), "b": (pad_b, n, n)})
     a, b = z["a"], z["b"]
-    prod = (a.reshape(batch, m) @ p["u"].T) * (b.reshape(batch, m) @ p["v"].T)
-    err = prod @ p["w"].T - (a @ b).reshape(batch, m)
-    return jnp.mean(err ** 2)
+    prod = masked((a.reshape(pad_b, m) @ p["u"].T) *
+                  (b.reshape(pad_b, m) @ p["v"].T))
+    err = prod @ p["w"].T - (a @ b).reshape(pad_b, m)
+    if rows is None:
+      return jnp.mean(err ** 2)
+    return jnp.sum(rows[:, None] * err ** 2) / (jnp.sum(rows) * m)
 
   def full_loss(p, d):
     del d
-    prod = p["u"].T[:, None, :] * p["v"].T[None, :, :]  # (m, m, k)
+    prod = masked(p["u"].T[:, None, :] * p["v"].T[None, :, :])  # (m, m, k)
     err = prod @ p["w"].T - target
     return jnp.sum(err ** 2) / m
 
@@ -66,4 +88,7 @@ def _sample(rng):
 MATMUL = TaskFamily(
     "matmul_algorithm", "learn a bilinear n x n matmul algorithm with k "
     "products (n=2, k=5-8; n=3, k=19-24), MSE on random matrices",
-    _sample, _build)
+    _sample, _build,
+    bucket_fn=lambda c: ({"n": c.get("n"), "pad_k": K_PADS[c.get("n")],
+                          "pad_batch": BATCH_PAD},
+                         {"k": c.get("k"), "batch": c.get("batch", 16)}))

@@ -24,14 +24,17 @@ DIMS = (18, 22, 27)  # the reference's Norm problems had dims 18-27
 NOISES = (0.0, 0.1)  # the reference's noisy Norms: gradient noise 0.1
 
 
-def p_norm(r: jax.Array, p: jax.Array) -> jax.Array:
+def p_norm(r: jax.Array, p: jax.Array, mask=None) -> jax.Array:
   """``(sum (|r| + EPSILON)^p)^(1/p)``, computed without overflow.
 
   Factoring out the largest entry m (a constant for autodiff: the value
   does not depend on m, so its derivative in m is zero) keeps every power
-  at most 1, also for the huge residuals of a diverging optimizer.
+  at most 1, also for the huge residuals of a diverging optimizer. With a
+  boolean ``mask``, over the entries where it is True.
   """
   a = jnp.abs(r) + EPSILON
+  if mask is not None:
+    a = jnp.where(mask, a, 0.0)
   m = jax.lax.stop_gradient(jnp.max(a))
   return m * jnp.sum((a / m) ** p) ** (1.0 / p)
 
@@ -57,4 +60,6 @@ NORM = TaskFamily(
     "/".join(map(str, DIMS)) + ", p uniform in [1, 3] per instance, "
     "gradient noise 0/0.1",
     lambda rng: {"dim": choice(rng, DIMS), "noise": choice(rng, NOISES)},
-    _build)
+    _build,
+    bucket_fn=lambda c: ({"dim": c.get("dim")},
+                         {"noise": c.get("noise", 0.0)}))

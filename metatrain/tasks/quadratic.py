@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from metatrain.tasks.base import (FnTask, TaskConfig, TaskFamily, choice,
-                                  normal, normal_tree, uniform)
+                                  is_static, is_zero, normal, normal_tree,
+                                  uniform)
 from metatrain.tasks.transforms import Sparse
 
 
@@ -25,7 +26,7 @@ def _build_quadratic(cfg: TaskConfig) -> FnTask:
     return 0.5 * jnp.sum((d["w"] @ p["x"] - y) ** 2)
 
   def loss(p, d, key):
-    if not noise:
+    if is_zero(noise):
       return f(p, d, d["y"])
     return f(p, d, d["y"] + noise * normal(key, (dim,)))
 
@@ -37,7 +38,9 @@ QUADRATIC = TaskFamily(
     "noise stdev 0-2",
     lambda rng: {"dim": choice(rng, [20, 25, 50, 100]),
                  "noise": choice(rng, [0.0, 0.0, 0.5, 1.0, 2.0])},
-    _build_quadratic)
+    _build_quadratic,
+    bucket_fn=lambda c: ({"dim": c.get("dim")},
+                         {"noise": c.get("noise", 0.0)}))
 
 
 def _factor(dim: int) -> tuple[int, int]:
@@ -96,16 +99,32 @@ LARGE_QUADRATIC = TaskFamily(
     "784/1024/2048, condition 10-10^4",
     lambda rng: {"dim": choice(rng, [784, 1024, 2048]),
                  "log10_cond": choice(rng, [1.0, 2.0, 3.0, 4.0])},
-    _build_large)
+    _build_large,
+    bucket_fn=lambda c: ({"dim": c.get("dim")},
+                         {"log10_cond": c.get("log10_cond")}))
+
+
+def _rotation(cond, angle):
+  """``(R(angle), (cond, 1))`` of a 2-D bowl: numpy for static settings
+  (jnp arrays made in a cached build would leak tracers), else jnp."""
+  if is_static(cond) and is_static(angle):
+    c, s = math.cos(angle), math.sin(angle)
+    return (np.array([[c, -s], [s, c]], np.float32),
+            np.array([cond, 1.0], np.float32))
+  cond = jnp.asarray(cond, jnp.float32)
+  c, s = jnp.cos(angle), jnp.sin(angle)
+  return (jnp.stack([jnp.stack([c, -s]), jnp.stack([s, c])]),
+          jnp.stack([cond, jnp.ones_like(cond)]))
+
+
+def _bowl_bucket(c: TaskConfig):
+  return {}, {"cond": c.get("cond"), "angle": c.get("angle", 0.0),
+              "noise": c.get("noise", 0.0)}
 
 
 def _build_bowl(cfg: TaskConfig) -> FnTask:
   """``0.5 (c z1^2 + z2^2)`` with ``z = R(angle) x``; noise on the gradient."""
-  cond, angle = cfg.get("cond"), cfg.get("angle", 0.0)
-  c, s = math.cos(angle), math.sin(angle)
-  # numpy constants: jnp arrays made here would leak tracers (builds cached).
-  rot = np.array([[c, -s], [s, c]], np.float32)
-  h = np.array([cond, 1.0], np.float32)
+  rot, h = _rotation(cfg.get("cond"), cfg.get("angle", 0.0))
 
   def init(key):
     return {"x": uniform(key, (2,), minval=-3, maxval=3)}, {}
@@ -127,7 +146,8 @@ def _sample_bowl(rng):
 
 BOWL = TaskFamily(
     "bowl", "2-D bowl 0.5(c z1^2 + z2^2), c in {0.1,1,5}, maybe rotated by "
-    "pi/4, gradient noise 0/0.1/0.5", _sample_bowl, _build_bowl)
+    "pi/4, gradient noise 0/0.1/0.5", _sample_bowl, _build_bowl,
+    bucket_fn=_bowl_bucket)
 
 
 # (copies, zero probability) of the sparse bowls. The reference zeroes each
@@ -142,11 +162,9 @@ SPARSE_BOWL_SIZES = ((1, 0.9), (16, 0.99), (64, 0.99))
 
 def _build_sparse_bowl(cfg: TaskConfig):
   """``copies`` independent 2-D bowls whose gradient entries are zeroed."""
-  cond, angle = cfg.get("cond"), cfg.get("angle", 0.0)
   copies, p = cfg.get("copies"), cfg.get("p")
-  c, s = math.cos(angle), math.sin(angle)
-  rot_t = np.array([[c, s], [-s, c]], np.float32)  # R^T: rows z = x @ R^T
-  h = np.array([cond, 1.0], np.float32)
+  rot, h = _rotation(cfg.get("cond"), cfg.get("angle", 0.0))
+  rot_t = rot.T  # rows z = x @ R^T
 
   def init(key):
     return {"x": uniform(key, (copies, 2), minval=-3, maxval=3)}, {}
@@ -169,4 +187,7 @@ def _sample_sparse_bowl(rng):
 SPARSE_BOWL = TaskFamily(
     "sparse_bowl", "1/16/64 independent 2-D bowls (as bowl, no noise) with "
     "each gradient entry zeroed, p=0.9 (1 bowl) or 0.99 (16, 64)",
-    _sample_sparse_bowl, _build_sparse_bowl)
+    _sample_sparse_bowl, _build_sparse_bowl,
+    bucket_fn=lambda c: ({"copies": c.get("copies")},
+                         {"cond": c.get("cond"), "angle": c.get("angle", 0.0),
+                          "p": c.get("p")}))

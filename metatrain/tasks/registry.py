@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from metatrain.tasks.base import Task, TaskConfig, TaskFamily
@@ -40,3 +41,13 @@ def build_task(config: TaskConfig) -> Task:
 
 FAMILIES["sum"] = make_sum_family(
     {k: FAMILIES[k] for k in SUM_PART_FAMILIES}, build_task)
+
+
+def _sum_buckets() -> None:
+  from metatrain.tasks import sum_slots  # pylint: disable=import-outside-toplevel
+  FAMILIES["sum"] = dataclasses.replace(
+      FAMILIES["sum"], bucket_fn=sum_slots.sum_bucket,
+      build_bucket_fn=sum_slots.build_sum_bucket)
+
+
+_sum_buckets()

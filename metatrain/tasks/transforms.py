@@ -19,8 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from metatrain.tasks.base import (Task, TaskConfig, TaskFamily,
-                                  add_gradient_noise, choice, log_uniform,
-                                  tree_random_like, uniform)
+                                  add_gradient_noise, choice, is_static,
+                                  log_uniform, tree_random_like, uniform)
+
+
+def _number(v):
+  """A static setting as a python float; a bucket's (an array) as is."""
+  return float(v) if is_static(v) else v
 
 
 class Wrapped(Task):
@@ -47,7 +52,7 @@ class GradientNoise(Wrapped):
 
   def __init__(self, base: Task, config: TaskConfig, stdev: float):
     super().__init__(base, config)
-    self.stdev = float(stdev)
+    self.stdev = _number(stdev)
 
   def loss_and_grad(self, params, data, key):
     k_base, k_noise = jax.random.split(key)
@@ -60,7 +65,7 @@ class Sparse(Wrapped):
 
   def __init__(self, base: Task, config: TaskConfig, p: float = 0.99):
     super().__init__(base, config)
-    self.p = float(p)
+    self.p = _number(p)
 
   def loss_and_grad(self, params, data, key):
     k_base, k_mask = jax.random.split(key)
@@ -79,7 +84,7 @@ class Rescale(Wrapped):
 
   def __init__(self, base: Task, config: TaskConfig, scale: float):
     super().__init__(base, config)
-    self.scale = float(scale)
+    self.scale = _number(scale)
 
   def _to_base(self, params):
     return jax.tree_util.tree_map(lambda q: q / self.scale, params)
@@ -115,14 +120,22 @@ class ParamScale(Wrapped):
   parameterization. Per tensor rather than per task: the optimizer has to
   adapt each tensor's step size on its own, as it must on networks whose
   layers (and biases) live at different scales; for one-tensor tasks the
-  two coincide. ``rescale`` (the reference's) is the per-task, static
-  version with a narrower range: each of its scales is a compilation.
+  two coincide. ``rescale`` (the reference's) is the per-task version with
+  a narrower range. ``amount`` (1 as sampled) multiplies the log-scales: a
+  bucket's tasks carry the transform with amount 0 (every scale 1) where the
+  sample has none.
   """
+
+  def __init__(self, base: Task, config: TaskConfig, amount: float = 1.0):
+    super().__init__(base, config)
+    self.amount = _number(amount)
 
   def _scales(self, key, params):
     leaves, treedef = jax.tree_util.tree_flatten(params)
     lo, hi = (math.log(x) for x in PARAM_SCALE_RANGE)
     logs = uniform(key, (len(leaves),), lo, hi)
+    if not (is_static(self.amount) and self.amount == 1.0):
+      logs = logs * self.amount
     return jax.tree_util.tree_unflatten(
         treedef, [jnp.exp(logs[i]).astype(x.dtype)
                   for i, x in enumerate(leaves)])
@@ -153,18 +166,33 @@ class ParamScale(Wrapped):
 
 
 class LogObjective(Wrapped):
-  """``log(1 + loss)``: non-negative, and compresses huge loss ranges."""
+  """``log(1 + loss)``: non-negative, and compresses huge loss ranges.
+
+  ``on`` (True as sampled): a bucket's tasks carry the transform switched
+  by an array, off where the sample has none.
+  """
+
+  def __init__(self, base: Task, config: TaskConfig, on=True):
+    super().__init__(base, config)
+    self.on = bool(on) if is_static(on) else on
+
+  def _map(self, loss):
+    if self.on is True:
+      return jnp.log1p(loss)
+    return jnp.where(self.on > 0, jnp.log1p(loss), loss)
 
   def loss(self, params, data, key):
-    return jnp.log1p(self.base.loss(params, data, key))
+    return self._map(self.base.loss(params, data, key))
 
   def full_loss(self, params, data):
-    return jnp.log1p(self.base.full_loss(params, data))
+    return self._map(self.base.full_loss(params, data))
 
   def loss_and_grad(self, params, data, key):
     loss, g = self.base.loss_and_grad(params, data, key)
-    return jnp.log1p(loss), jax.tree_util.tree_map(lambda x: x / (1 + loss),
-                                                   g)
+    denom = 1 + loss
+    if self.on is not True:
+      denom = jnp.where(self.on > 0, denom, 1.0)
+    return self._map(loss), jax.tree_util.tree_map(lambda x: x / denom, g)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,7 @@ Their figures at real sizes are in benchmarks/README.md; here only their
 plumbing and output are checked (the numbers of a 2-step run mean nothing).
 """
 
+import json
 import os
 import re
 import subprocess
@@ -31,7 +32,7 @@ def test_optimizer_overhead_smoke():
   rows = [l.split() for l in text.splitlines()
           if l.split() and l.split()[0] in ("resnet", "flat")]
   assert [r[0] for r in rows] == ["resnet", "flat"], text
-  from metatrain import hrnn_kernel  # pylint: disable=import-outside-toplevel
+  from metatrain.optimizer import hrnn_kernel
   kernel = hrnn_kernel.available()  # as in the benchmark's process
   for r in rows:
     # params, adam ms, then (ms, /adam) per HRNN variant: all positive;
@@ -67,3 +68,26 @@ def test_metatrain_throughput_smoke():
   assert all(float(x) > 0 for x in m.groups())
   m = re.search(r"alone takes ([\d.]+)x Adam's", text)
   assert m and float(m.group(1)) > 0, text
+
+
+def test_metatrain_throughput_end_to_end_smoke(tmp_path):
+  """`--e2e` runs `lopt train` (here in one process) and reads its
+  counters: the efficiency is its task-steps/s over the run's own
+  compile-free rate."""
+  text = _run("metatrain_throughput.py", "--e2e", "--config", "tiny",
+              "--workers", "0", "--minutes", "1", "--warm-minutes", "0",
+              "--groups", "1", "--out", str(tmp_path))
+  row = re.search(r"^cold\s+1\s+(\S+)\s+(\d+)\s+([\d.]+)\s+([\d,]+)\s+"
+                  r"(\d+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+(\d+)$", text,
+                  re.M)
+  assert row, text
+  counters = json.loads((tmp_path / "cold" / "counters.json").read_text())
+  num = lambda i: float(row.group(i).replace(",", ""))
+  assert int(row.group(2)) == counters["step"]
+  assert num(4) == counters["task_steps"]
+  per_s = counters["task_steps"] / counters["train_seconds"]
+  assert num(6) == pytest.approx(per_s, abs=1)
+  free = counters["warm_task_steps"] / (counters["warm_ms"] / 1000)
+  assert num(7) == pytest.approx(free, abs=1)
+  assert num(8) == pytest.approx(per_s / free, abs=0.006)
+  assert int(row.group(9)) == counters["compiles"] > 0

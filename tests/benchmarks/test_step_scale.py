@@ -9,7 +9,7 @@ import pytest
 
 import metatrain
 from evaluators import baselines, problems, runner
-from metatrain.optax_adapter import hrnn_optax
+from metatrain.optimizer.optax_adapter import hrnn_optax
 
 
 def test_scale_multiplies_every_step_exactly(benchmark_module):

@@ -15,7 +15,7 @@ import pytest
 
 import metatrain
 from evaluators import records
-from metatrain import hrnn
+from metatrain.optimizer import hrnn
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +56,8 @@ def test_imagenet_suite_trains_each_model_with_both_optimizers(
   (s0, l0), (s1, l1) = by_opt["learned"]["curve"]
   (a0, m0), (a1, m1) = by_opt["adam"]["curve"]
   assert (s0, s1) == (a0, a1) == (0, 1)
-  assert l0 == pytest.approx(m0, rel=1e-6)
+  # (The first loss: the same forward pass in two programs; float32 sums
+  # in another order differed by 1.05e-6 on this VM, also at 5bc5359.)
+  assert l0 == pytest.approx(m0, rel=5e-6)
   assert l1 == pytest.approx(m1, rel=2e-2)
   assert model in out.stdout

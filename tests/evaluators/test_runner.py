@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from evaluators import baselines, problems, records, runner
-from metatrain import hrnn
+from metatrain.optimizer import hrnn
 
 CFG = hrnn.HRNNConfig()
 THETA = hrnn.init_theta(jax.random.PRNGKey(0), CFG)

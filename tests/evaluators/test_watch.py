@@ -13,7 +13,7 @@ import jax
 import metatrain
 from evaluators import records, suites, watch
 from infra import cli
-from metatrain import hrnn
+from metatrain.optimizer import hrnn
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = ["--set", 'tasks=["digits_mlp", "heldout:3"]', "--set", "steps=20",

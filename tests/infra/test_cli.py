@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from infra import cli
-from metatrain import config as config_lib
+from metatrain.training import config as config_lib
 
 
 def _lopt(*args, cwd=None):
@@ -112,7 +112,24 @@ def test_train_workers_0_writes_config_and_progress(tmp_path, capsys):
       "unroll.max_steps=5"]))
   assert saved["unroll"]["max_steps"] == 5 and saved["steps"] == 20
   err = capsys.readouterr().err
-  assert "step     5/5" in err and "task-steps/s" in err
+  assert re.search(r"step +5/5", err) and "task-steps/s" in err
+  assert "1 in-process worker" in err
+  # The learner's path: checkpoints, TensorBoard, counters and resume.
+  counters = json.loads((tmp_path / "counters.json").read_text())
+  assert counters["step"] == 5 and counters["accepted"] == 5
+  assert counters["task_steps"] == 5 * 5 * 2  # steps x length x tasks
+  assert (tmp_path / "checkpoints" / "5").is_dir()
+  assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+  rc = cli.main(["train", "--workers", "0", "--config", "tiny", "--workdir",
+                 str(tmp_path), "--steps", "7", "--set", "log_every=1",
+                 "--set", "tasks.num_groups=1", "--set", "unroll.min_steps=5",
+                 "--set", "unroll.max_steps=5"])
+  assert rc == 0
+  err = capsys.readouterr().err
+  assert "resumed from" in err and "step 5" in err
+  assert re.search(r"step +7/7", err)
+  counters = json.loads((tmp_path / "counters.json").read_text())
+  assert counters["step"] == 7 and counters["task_steps"] == 7 * 5 * 2
 
 
 def test_train_refuses_to_resume_under_another_hrnn_config(tmp_path, capsys):
@@ -120,7 +137,8 @@ def test_train_refuses_to_resume_under_another_hrnn_config(tmp_path, capsys):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from metatrain import checkpoints, hrnn  # pylint: disable=import-outside-toplevel
+  from metatrain.distributed import checkpoints
+  from metatrain.optimizer import hrnn
   paper = config_lib.load("tiny", ["hrnn.nominal_adam=false"])
   saved = config_lib.to_dict(paper)
   del saved["hrnn"]["nominal_adam"]  # a file from before the field existed

@@ -11,7 +11,7 @@ import textwrap
 import jax
 
 from infra import cli
-from metatrain import hrnn_kernel
+from metatrain.optimizer import hrnn_kernel
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -33,8 +33,8 @@ def test_doctor_reports_versions_backend_and_the_kernel(capsys):
 _NO_KERNEL = textwrap.dedent("""
     import logging
     import jax, jax.numpy as jnp
-    from metatrain import hrnn
-    from metatrain.optax_adapter import hrnn_optax
+    from metatrain.optimizer import hrnn
+    from metatrain.optimizer.optax_adapter import hrnn_optax
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     cfg = hrnn.HRNNConfig()
     tx = hrnn_optax(cfg, hrnn.init_theta(jax.random.PRNGKey(0), cfg))

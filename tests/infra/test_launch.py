@@ -212,7 +212,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_job_arguments_ship_local_files_and_join_the_cluster(tmp_path):
-  from metatrain import config as config_lib
+  from metatrain.training import config as config_lib
   cfg = tmp_path / "mine.json"
   cfg.write_text(json.dumps(config_lib.to_dict(config_lib.load("tiny"))))
   staging = tmp_path / "stage"

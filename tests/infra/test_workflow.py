@@ -385,7 +385,7 @@ def test_a_full_disk_ends_training_with_one_line_and_loses_nothing(
   assert f"(details: {wd / 'lopt.log'})" in errors[0]
   assert sorted(os.listdir(wd / "checkpoints")) == ["1", "2", "3"]
   (small_disk / "filler").unlink()
-  from metatrain import checkpoints  # pylint: disable=import-outside-toplevel
+  from metatrain.distributed import checkpoints
   with checkpoints.Checkpointer(str(run), read_only=True) as a, \
        checkpoints.Checkpointer(str(wd), read_only=True) as b:
     jax.tree.map(np.testing.assert_array_equal, a.restore_lopt(3)[1],

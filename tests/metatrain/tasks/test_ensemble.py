@@ -304,7 +304,7 @@ def test_holdout_is_identical_in_another_process():
 
 
 def test_config_weights_reweight_the_sampled_mix():
-  from metatrain import config  # pylint: disable=import-outside-toplevel
+  from metatrain.training import config
   cfg = config.load("tiny", ["tasks.include_mlps=true",
                              'tasks.weights=["mlp=3", "fn2d=0"]'])
   ens = cfg.tasks.ensemble()
@@ -337,6 +337,6 @@ def test_config_weights_reweight_the_sampled_mix():
      "every family has weight 0"),
 ])
 def test_bad_config_weights_are_refused(overrides, message):
-  from metatrain import config  # pylint: disable=import-outside-toplevel
+  from metatrain.training import config
   with pytest.raises(ValueError, match=message):
     config.load("tiny", overrides)

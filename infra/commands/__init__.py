@@ -1,0 +1,1 @@
+"""The `lopt` subcommands that do more than call one library function."""

@@ -1,0 +1,139 @@
+"""``lopt export``: a checkpoint as a single ``.lopt`` file, with provenance.
+
+``--step N`` exports that checkpoint, ``--best`` the one with the best
+evaluator score (the lowest geometric mean over tasks of the learned
+optimizer's final loss over the best tuned baseline's; a diverged task
+makes it infinite), and neither the newest. The file's metadata records the
+training config, the step, the meta-training time, command and hardware
+(``run_info.json``) and the evaluation summary of that step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from evaluators import records
+from metatrain.distributed import checkpoints
+from metatrain.distributed.workdir import Workdir
+from metatrain.optimizer import export
+from metatrain.optimizer.hrnn_config import HRNNConfig
+
+
+class ExportError(ValueError):
+  """Bad input; the message names the fix."""
+
+
+def _records(workdir: str) -> list[dict[str, Any]]:
+  return records.read(Workdir(workdir).records)
+
+
+def evaluation_summary(recs: list[dict[str, Any]], step: int
+                       ) -> dict[str, Any] | None:
+  """JSON-safe evaluator summary of checkpoint ``step`` (None: none)."""
+  rows = records.summarize(recs, f"step:{step}")
+  if not rows:
+    return None
+
+  def num(x):
+    return None if x is None or not math.isfinite(x) else float(x)
+
+  suite = next((r.get("suite") for r in recs
+                if r["source"] == f"step:{step}"), None)
+  s = records.score(rows)
+  return {
+      "suite": suite, "geomean_ratio_to_best_baseline": num(
+          s["geomean_ratio"]), "tasks_won": s["wins"], "tasks": s["tasks"],
+      "tasks_diverged": s["diverged"], "complete": s["complete"],
+      "per_task": [{"task": r["task"], "learned_final_loss": num(r["learned"]),
+                    "best_baseline": r["best"],
+                    "best_baseline_lr": (r["baselines"][r["best"]][1]
+                                         if r["best"] else None),
+                    "best_baseline_final_loss": num(r["best_loss"]),
+                    "ratio": num(r["ratio"]), "winner": r["winner"]}
+                   for r in rows]}
+
+
+def best_step(workdir: str, steps: list[int]) -> tuple[int, dict]:
+  """The evaluated checkpoint (still on disk) with the best score."""
+  recs = _records(workdir)
+  scored = []
+  for step in steps:
+    rows = records.summarize(recs, f"step:{step}")
+    s = records.score(rows)
+    if s["complete"]:
+      scored.append((s["geomean_ratio"], -step, step, s))
+  if not scored:
+    raise ExportError(
+        f"--best: no checkpoint on disk in {workdir}/checkpoints has a "
+        "complete evaluation; run `lopt evaluate --workdir "
+        f"{workdir} --once` first, or export with --step N")
+  _, _, step, s = min(scored)
+  return step, s
+
+
+def export_checkpoint(workdir: str, out: str, step: int | None = None,
+                      best: bool = False) -> dict[str, Any]:
+  """Writes checkpoint ``step`` (or the best/newest) to ``out``; returns
+  the metadata written."""
+  if not os.path.isdir(workdir):
+    raise ExportError(f"workdir {workdir} does not exist")
+  export.check_destination(out)  # before reading any checkpoint
+  ck = checkpoints.Checkpointer(workdir, read_only=True)
+  try:
+    steps = ck.all_steps()
+    if not steps:
+      raise ExportError(f"no complete checkpoint in {workdir}/checkpoints "
+                        f"yet: train with `lopt train --workdir {workdir}`")
+    if best:
+      step, _ = best_step(workdir, steps)
+    elif step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise ExportError(f"no checkpoint at step {step} in {workdir}/"
+                        f"checkpoints (complete steps: {steps})")
+    train_cfg, theta = ck.restore_lopt(step)
+    counters = ck.restore_meta(step)["counters"]
+  finally:
+    ck.close()
+  info = _run_info(workdir)
+  meta = {
+      "source": {"workdir": os.path.abspath(workdir), "step": step,
+                 "selected_by": "best evaluator score" if best else (
+                     "newest" if step == steps[-1] else "--step")},
+      "train_config": train_cfg,
+      "meta_training": {
+          "steps": step, "seconds": counters.get("train_seconds"),
+          "sessions": info.get("sessions", [])},
+      "evaluation": evaluation_summary(_records(workdir), step),
+      "lopt_version": _version(),
+  }
+  export.save_optimizer(out, HRNNConfig.from_dict(train_cfg["hrnn"]), theta,
+                        meta)
+  return meta
+
+
+def _run_info(workdir: str) -> dict[str, Any]:
+  try:
+    with open(Workdir(workdir).run_info) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def _version() -> str:
+  import metatrain  # pylint: disable=import-outside-toplevel
+  return metatrain.__version__
+
+
+def inspect(path: str) -> str:
+  """A readable description of an optimizer file (ValueError if bad)."""
+  config, theta, meta = export.read_optimizer(path)
+  from metatrain.optimizer import hrnn
+  lines = [f"{path}: lopt optimizer file, format version {export.VERSION}",
+           f"meta-parameters: {hrnn.num_meta_params(theta):,}",
+           "config: " + json.dumps(config.to_dict(), sort_keys=True),
+           "metadata:", json.dumps(meta, indent=2, sort_keys=True)]
+  return "\n".join(lines)

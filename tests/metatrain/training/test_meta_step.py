@@ -1,0 +1,50 @@
+"""Task groups: a new group of a compiled bucket compiles nothing."""
+
+import jax
+import numpy as np
+import pytest
+
+from metatrain.optimizer import hrnn
+
+from metatrain.tasks import TaskConfig
+from metatrain.training import config, meta_step, programs
+
+A = TaskConfig("quadratic", (("dim", 5), ("noise", 0.0)))
+# Same bucket (dim 5), other hyperparameters and two transforms.
+B = TaskConfig("quadratic", (("dim", 5), ("noise", 2.0)),
+               (("rescale", (("scale", 30.0),)), ("log_objective", ())))
+
+
+@pytest.mark.parametrize("estimator", ["bptt", "pes"])
+def test_resampling_a_compiled_bucket_compiles_nothing(estimator):
+  cfg = config.load("tiny", [f"meta_grad.estimator={estimator}",
+                             "meta_grad.pes_pairs=1"])
+  theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg.hrnn)
+  first = meta_step.TaskGroup.of(A, 1, cfg, theta)
+  assert first.bucket.name == "quadratic[dim=5]"
+  _, m_a, _ = first.meta_grad(theta, np.random.default_rng(0), cfg)
+  first.meta_grad(theta, np.random.default_rng(1), cfg)  # carried states
+  before = programs.compile_counts()
+  group = meta_step.TaskGroup.of(B, 1, cfg, theta)
+  assert group.bucket == first.bucket
+  _, m_b, n = group.meta_grad(theta, np.random.default_rng(0), cfg)
+  group.meta_grad(theta, np.random.default_rng(1), cfg)
+  assert programs.compile_counts() == before
+  # The same program, other hyperparameters: other losses.
+  assert float(m_a["meta_loss"]) != float(m_b["meta_loss"])
+  # Every task started inside the first truncation, not counted as reset.
+  assert float(m_b["num_resets"]) == 0 and float(m_b["num_good"]) > 0
+  assert n == cfg.unroll.min_steps * (2 if estimator == "pes" else
+                                      cfg.unroll.tasks_per_group)
+
+
+def test_a_group_starts_its_tasks_in_the_first_truncation():
+  cfg = config.load("tiny", ["meta_grad.estimator=bptt"])
+  theta = hrnn.init_theta(jax.random.PRNGKey(0), cfg.hrnn)
+  g = meta_step.TaskGroup.of(A, 1, cfg, theta)
+  assert np.all(np.asarray(g.states.truncs_left) == -1)  # pending
+  assert np.all(np.asarray(g.states.params["x"]) == 0)
+  g.meta_grad(theta, np.random.default_rng(0), cfg)
+  assert np.all(np.asarray(g.states.step) == cfg.unroll.min_steps)
+  x = np.asarray(g.states.params["x"])
+  assert np.all(x != 0) and not np.allclose(x[0], x[1])  # own instances
