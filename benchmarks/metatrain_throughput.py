@@ -6,6 +6,7 @@ Usage:
   python benchmarks/metatrain_throughput.py --e2e [--minutes 15]
       [--warm-minutes 5] [--workers 1] [--config default] [--out DIR]
   python benchmarks/metatrain_throughput.py --widths 8,16,32 [--groups 6]
+  python benchmarks/metatrain_throughput.py --profile [--seconds 75]
 
 ``--e2e`` runs ``lopt train`` itself for ``--minutes`` with an empty
 compile cache, then ``--warm-minutes`` on the cache it filled, and prints
@@ -14,7 +15,9 @@ each run's time to its first meta-step, meta-steps per minute, task-steps/s
 the efficiency: that rate over the run's own compile-free rate (the workers
 time every group call that compiled nothing: ``warm_task_steps`` over
 ``warm_ms``). ``--widths`` prints the compile-excluded rate of sampled
-groups against the groups' width.
+groups against the groups' width. ``--profile`` runs a worker's loop of
+meta-gradient calls (groups resampled as in training) and prints the rate of
+the calls that compiled nothing, per family.
 
 The default mode:
 
@@ -192,6 +195,48 @@ def widths(args) -> None:
           f"{rate / first:>8.2f}", flush=True)
 
 
+def profile(args) -> None:
+  """Meta-gradient calls of groups sampled and resampled as a worker does,
+  for ``--seconds``, on the persistent compile cache of the config: the
+  compile-free rate of the real mix, and its time per family."""
+  import collections  # pylint: disable=import-outside-toplevel
+  from metatrain.training import meta_step, programs  # pylint: disable=import-outside-toplevel
+  cfg = config_lib.load(args.config, args.set)
+  programs.enable_persistent_cache(cfg.compile_cache_dir)
+  theta = jax.device_put(hrnn.init_theta(jax.random.PRNGKey(0), cfg.hrnn),
+                         jax.devices()[0])
+  ens, rng = cfg.tasks.ensemble(), np.random.default_rng(args.seed)
+  groups = [meta_step.TaskGroup.sample(rng, ens, cfg, theta)
+            for _ in range(cfg.tasks.num_groups)]
+  secs, calls, steps = (collections.Counter() for _ in range(3))
+  t_end, other = time.time() + args.seconds, 0.0
+  while time.time() < t_end:
+    for i, g in enumerate(groups):
+      if g.age >= cfg.tasks.resample_every:
+        groups[i] = g = meta_step.TaskGroup.sample(rng, ens, cfg, theta)
+      before, t = programs.compile_counts(), time.perf_counter()
+      grad, _, n = g.meta_grad(theta, rng, cfg)
+      jax.block_until_ready(grad)
+      dt = time.perf_counter() - t
+      if programs.compile_counts() != before:  # compiled or loaded
+        other += dt
+        continue
+      fam = g.bucket.family
+      secs[fam] += dt
+      calls[fam] += 1
+      steps[fam] += n
+  tot = sum(secs.values())
+  print(f"compile-free rate of the mix: {sum(steps.values()) / tot:,.0f} "
+        f"task-steps/s over {tot:.0f} s of warm calls ({other:.0f} s of "
+        f"calls that compiled or loaded a program)")
+  print(f"{'family':<18} {'calls':>6} {'seconds':>8} {'share':>6} "
+        f"{'task-steps/s':>13} {'ms/call':>8}")
+  for fam in sorted(secs, key=lambda f: -secs[f]):
+    print(f"{fam:<18} {calls[fam]:>6} {secs[fam]:>8.1f} "
+          f"{secs[fam] / tot:>6.0%} {steps[fam] / secs[fam]:>13,.0f} "
+          f"{1000 * secs[fam] / calls[fam]:>8.0f}")
+
+
 def end_to_end(args) -> None:
   """``lopt train`` for ``--minutes`` cold (empty compile cache), then
   ``--warm-minutes`` warm (the cache the cold run filled)."""
@@ -251,7 +296,13 @@ def main() -> None:
   ap.add_argument("--widths", type=lambda v: [int(x) for x in v.split(",")],
                   default=None, help="e.g. 8,16,32: task-steps/s against "
                   "the groups' width (PES pairs, or BPTT tasks per group)")
+  ap.add_argument("--profile", action="store_true",
+                  help="the compile-free rate of the real mix, per family")
+  ap.add_argument("--seconds", type=float, default=75.0)
   args = ap.parse_args()
+  if args.profile:
+    profile(args)
+    return
   if args.e2e:
     end_to_end(args)
     return

@@ -91,3 +91,14 @@ def test_metatrain_throughput_end_to_end_smoke(tmp_path):
   assert num(7) == pytest.approx(free, abs=1)
   assert num(8) == pytest.approx(per_s / free, abs=0.006)
   assert int(row.group(9)) == counters["compiles"] > 0
+
+
+def test_metatrain_throughput_profile_smoke():
+  text = _run("metatrain_throughput.py", "--profile", "--config", "tiny",
+              "--seconds", "20")
+  assert re.search(r"compile-free rate of the mix: [\d,]+ task-steps/s", text)
+  rows = re.findall(r"^(\w+)\s+(\d+)\s+([\d.]+)\s+(\d+)%\s+([\d,]+)\s+(\d+)$",
+                    text, re.M)
+  assert rows, text
+  assert sum(int(r[3]) for r in rows) == pytest.approx(100, abs=len(rows))
+  assert all(int(r[1]) > 0 for r in rows)
