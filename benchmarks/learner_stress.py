@@ -29,9 +29,8 @@ import optax  # noqa: E402
 import ray  # noqa: E402
 
 from metatrain.distributed import launcher, learner
-
-from metatrain.optimizer import hrnn
 from metatrain.distributed.worker import MetaGrad  # noqa: E402
+from metatrain.optimizer import hrnn
 
 
 @ray.remote(num_cpus=0)

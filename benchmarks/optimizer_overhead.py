@@ -9,9 +9,10 @@ scalars, jits one optimizer step for each optimizer and times it. The
 layouts: ``resnet``, a few big matrices and up to 64 small vectors (biases,
 norms); ``flat``, one tensor. The optimizers: ``adam`` (optax), ``hrnn-jax``
 (the pure-JAX HRNN update, ``kernel=False``) and ``hrnn-kernel`` (its
-per-parameter pass as the compiled CPU kernel, ``metatrain.optimizer.hrnn_kernel``;
-"n/a" where it is not built or not supported; ``LOPT_HRNN_ISA=avx2`` or
-``base`` times a lower instruction set's copy). Every (optimizer, size)
+per-parameter pass as the compiled CPU kernel,
+``metatrain.optimizer.hrnn_kernel``; "n/a" where it is not built or not
+supported; ``LOPT_HRNN_ISA=avx2`` or ``base`` times a lower instruction
+set's copy). Every (optimizer, size)
 pair runs in a fresh subprocess so the peak memory figure is its own. It
 prints each HRNN/Adam time ratio, the optimizer state bytes per parameter
 and the peak memory (host RSS on CPU, device peak on accelerators), also

@@ -127,8 +127,8 @@ def build_parser(parser_class=argparse.ArgumentParser
                  "Default: start a local Ray instance")
   t.add_argument("--workers", type=int, default=None,
                  help="unroll workers (default: as many as the Ray cluster "
-                 "fits, leaving a CPU for the learner); 0: one in-process worker, "
-                 "no Ray (same checkpoints, TensorBoard and resume)")
+                 "fits, leaving a CPU for the learner); 0: one in-process "
+                 "worker, no Ray (same checkpoints, TensorBoard and resume)")
   t.add_argument("--steps", type=int, default=None,
                  help="meta-steps (default: the config's steps)")
   t.add_argument("--dashboard", action="store_true",

@@ -23,11 +23,9 @@ import jax
 import numpy as np
 
 from metatrain.distributed import checkpoints, learner
-
-from metatrain.optimizer import hrnn
-
 from metatrain.distributed.workdir import Workdir
 from metatrain.distributed.worker import UnrollWorker, actor_options
+from metatrain.optimizer import hrnn
 from metatrain.training import meta_step, programs
 from metatrain.training import config as config_lib
 from metatrain.training.config import TrainConfig

@@ -28,9 +28,9 @@ def hrnn_optax(config: hrnn.HRNNConfig, theta: hrnn.Theta,
     key: seeds the random initial per-element learning rates; defaults to
       ``PRNGKey(config.init_seed)``.
     kernel: the per-parameter pass as the compiled CPU kernel
-      (``metatrain.optimizer.hrnn_kernel``): None (the default) when it is built and
-      supports the config on a CPU backend, True (warns once where it
-      cannot), False never. Its steps equal the pure-JAX ones to ~1e-6,
+      (``metatrain.optimizer.hrnn_kernel``): None (the default) when it is
+      built and supports the config on a CPU backend, True (warns once
+      where it cannot), False never. Its steps equal the pure-JAX ones to ~1e-6,
       but they have no derivatives: pass False to differentiate through
       the update.
   """

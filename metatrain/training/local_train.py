@@ -17,7 +17,6 @@ import jax
 import numpy as np
 
 from metatrain.optimizer import hrnn
-
 from metatrain.training import programs
 from metatrain.training.config import TrainConfig
 from metatrain.training.meta_step import (

@@ -22,9 +22,10 @@ import numpy as np
 import optax
 
 from metatrain import tasks
-
 from metatrain.training import pes, programs, unroll
-from metatrain.training.config import MetaGradConfig, MetaOptConfig, TrainConfig
+from metatrain.training.config import (MetaGradConfig, MetaOptConfig,
+                                       TrainConfig)
+
 
 def meta_optimizer(cfg: MetaOptConfig) -> optax.GradientTransformation:
   """Clip elementwise (as the reference), clip the norm, then Adam/RMSProp."""

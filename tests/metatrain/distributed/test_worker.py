@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from metatrain.distributed import worker
-
 from metatrain.tasks import TaskConfig
 from metatrain.training import config, meta_step
 

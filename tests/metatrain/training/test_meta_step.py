@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from metatrain.optimizer import hrnn
-
 from metatrain.tasks import TaskConfig
 from metatrain.training import config, meta_step, programs
 

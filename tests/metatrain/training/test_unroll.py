@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from metatrain.optimizer import hrnn
-
 from metatrain.tasks import TaskConfig
 from metatrain.training import unroll
 
