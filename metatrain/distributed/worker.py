@@ -142,10 +142,10 @@ class UnrollWorker:
           raise GroupError(f"worker {self.worker_id} group {i + 1} "
                            f"{g.config.name}: {type(e).__name__}: {e}"
                            ) from e
+        grad = jax.device_get(grad)  # waits for the result
         now_c = programs.compile_counts()
         compiled = now_c["compiles"] - c_g["compiles"]
         if now_c == c_g:  # neither compiled nor loaded a program
-          jax.block_until_ready(grad)
           warm_steps += n
           warm_s += time.perf_counter() - t_g
         if compiled:  # shows life while programs compile (warm-up only)
@@ -153,7 +153,7 @@ class UnrollWorker:
                 f"{g.config.name} (bucket {g.bucket.name}): "
                 f"{time.perf_counter() - t_g:.1f}s incl. {compiled} "
                 f"compile{'s' if compiled != 1 else ''}", flush=True)
-        results.append((jax.device_get(grad), metrics))
+        results.append((grad, metrics))
         task_steps += n
     grad, m = meta_step.average_grads(results)
     self.watchdog.stop()  # idle between calls is not a stall

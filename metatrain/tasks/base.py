@@ -50,6 +50,17 @@ def is_zero(v: Any) -> bool:
   return is_static(v) and not isinstance(v, (str, tuple)) and v == 0
 
 
+def prefix(n, size: int) -> jax.Array:
+  """A float32 mask of ``size`` entries whose first ``n`` are 1."""
+  return (jnp.arange(size) < n).astype(jnp.float32)
+
+
+def pad_mask(n, size: int) -> jax.Array | None:
+  """``prefix(n, size)`` where ``n`` is a bucket's hyperparameter (the
+  array is padded to ``size``); None where ``n`` is static (no padding)."""
+  return None if is_static(n) else prefix(n, size)
+
+
 def _lookup(pairs: tuple, key: str, default: Any) -> Any:
   for k, v in pairs:
     if k == key:

@@ -22,7 +22,7 @@ import numpy as np
 
 from metatrain.tasks.base import Bucket, Settings, Task, TaskConfig
 from metatrain.tasks.registry import FAMILIES, build_task
-from metatrain.tasks.transforms import (GradientNoise, LogObjective,
+from metatrain.tasks.transforms import (ORDER, GradientNoise, LogObjective,
                                         ParamScale, Rescale, Sparse)
 
 TaskSpec = TaskConfig | Bucket  # what a compiled unroll is keyed on
@@ -32,10 +32,7 @@ def _array(v: Any) -> np.ndarray:
   """A hyperparameter as a numpy array: ints (and tuples of them) int32,
   everything else float32, so every sample of a bucket has one dtype."""
   a = np.asarray(v)
-  if a.dtype.kind in "iub":
-    return a.astype(np.int32) if a.dtype.kind != "b" else a.astype(
-        np.float32)
-  return a.astype(np.float32)
+  return a.astype(np.int32 if a.dtype.kind in "iu" else np.float32)
 
 
 def transform_hparams(config: TaskConfig) -> dict[str, np.ndarray]:
@@ -58,10 +55,8 @@ def split(config: TaskConfig) -> tuple[TaskSpec, dict[str, Any]]:
   know) keeps the whole config as its program's key: ``(config, None)``.
   """
   fam = FAMILIES.get(config.family)
-  known = {"rescale", "param_scale", "log_objective", "gradient_noise",
-           "sparse"}
   if (fam is None or fam.bucket_fn is None or
-      any(name not in known for name, _ in config.transforms)):
+      any(name not in ORDER for name, _ in config.transforms)):
     return config, None
   static, dynamic = fam.bucket_fn(config)
   bucket = Bucket(config.family, tuple(sorted(static.items())))

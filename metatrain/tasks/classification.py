@@ -15,8 +15,8 @@ import numpy as np
 import optax
 
 from metatrain.tasks.base import (L2_SCALE, FnTask, TaskConfig, TaskFamily,
-                                  choice, is_static, l2_penalty, normal,
-                                  normal_tree, uniform)
+                                  choice, l2_penalty, normal, normal_tree,
+                                  pad_mask, prefix, uniform)
 
 NUM_SAMPLES = 1000
 BATCH_SIZES = (20, 32, 50, 64, 100)
@@ -67,10 +67,8 @@ def _batch_rows(key, batch, pad_batch):
   """A minibatch's row indices and row weights: ``batch`` rows, or, where
   the batch size is a bucket's hyperparameter, ``pad_batch`` rows of which
   the first ``batch`` count (weights None: every row counts)."""
-  if is_static(batch):
-    return _minibatch(key, batch), None
-  return (_minibatch(key, pad_batch),
-          (jnp.arange(pad_batch) < batch).astype(jnp.float32))
+  weights = pad_mask(batch, pad_batch)
+  return _minibatch(key, batch if weights is None else pad_batch), weights
 
 
 def _build_logistic(cfg: TaskConfig) -> FnTask:
@@ -190,8 +188,8 @@ def _build_padded_mlp(cfg) -> FnTask:
   sizes = (cfg.get("pad_dim"),) + pad_hidden + (1,)
   n_layers = len(sizes) - 1
   fan_in = [dim] + [hidden[i] for i in range(len(pad_hidden))]
-  units = [jnp.arange(s) < n for s, n in zip(sizes[:-1], fan_in)]
-  units = [u.astype(jnp.float32) for u in units] + [jnp.ones((1,))]
+  units = [prefix(n, s) for s, n in zip(sizes[:-1], fan_in)]
+  units.append(jnp.ones((1,)))
   masks = {}
   for i in range(n_layers):
     masks[f"w{i}"] = units[i][:, None] * units[i + 1][None, :]

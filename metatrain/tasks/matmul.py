@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metatrain.tasks.base import (FnTask, TaskConfig, TaskFamily, choice,
-                                  is_static, normal_tree)
+                                  normal_tree, pad_mask)
 
 # A bucket's products and batch round up to these (n -> k pad; batch pad).
 K_PADS = {2: 8, 3: 24}
@@ -38,10 +38,7 @@ def _build(cfg: TaskConfig) -> FnTask:
   pad_k, pad_b = cfg.get("pad_k", k), cfg.get("pad_batch", batch)
   m = n * n
   target = _onehot_products(n)  # numpy constant (builds are cached)
-  kmask = None if is_static(k) else (jnp.arange(pad_k) < k).astype(
-      jnp.float32)
-  rows = None if is_static(batch) else (jnp.arange(pad_b) < batch).astype(
-      jnp.float32)
+  kmask, rows = pad_mask(k, pad_k), pad_mask(batch, pad_b)
 
   def masked(prod):
     return prod if kmask is None else prod * kmask

@@ -112,8 +112,7 @@ def pending_pes_states(theta, key, hparams=None, *, task_config: TaskSpec,
       num_pairs=num_pairs), theta, key, hparams)
   seeds = np.repeat(np.asarray(jax.random.split(key, num_pairs)), 2, axis=0)
   return PESState(tasks=unroll.pending_states(shapes.tasks, seeds),
-                  accum=jax.tree_util.tree_map(
-                      lambda s: np.zeros(s.shape, s.dtype), shapes.accum))
+                  accum=unroll.zeros(shapes.accum))
 
 
 @functools.partial(jax.jit, static_argnames=("task_config", "hcfg", "ucfg",

@@ -293,14 +293,17 @@ def init_group_states(theta, key, hparams=None, *, task_config: TaskSpec,
   return jax.vmap(lambda k: _fresh_task(task, hcfg, theta, k, ucfg))(keys)
 
 
+def zeros(shapes):
+  """numpy zeros shaped like a pytree of ``jax.ShapeDtypeStruct``."""
+  return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
 def pending_states(shapes, seeds) -> TaskUnrollState:
   """Unroll states that compile nothing: zeros shaped like ``shapes`` (a
   ``TaskUnrollState`` of ``jax.ShapeDtypeStruct``, e.g. ``jax.eval_shape``
   of ``init_group_states``), every task at ``START`` with its own seed, so
   the first truncation starts every task inside its compiled program."""
-  zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
-                                 shapes)
-  return zeros.replace(seed=seeds, truncs_left=np.full(
+  return zeros(shapes).replace(seed=seeds, truncs_left=np.full(
       shapes.truncs_left.shape, START, np.int32))
 
 
