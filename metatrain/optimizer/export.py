@@ -7,6 +7,7 @@ checks every part and raises ``ValueError`` naming the file and the problem.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -166,8 +167,41 @@ def read_optimizer(path: str | os.PathLike
   return config, theta, metadata
 
 
-def load_optimizer(path: str | os.PathLike
-                   ) -> optax.GradientTransformationExtraArgs:
-  """Loads an optimizer file as an optax transformation."""
+def load_optimizer(path: str | os.PathLike, learning_rate: Any = None,
+                   key: Any = None, kernel: bool | None = None) -> optax.GradientTransformationExtraArgs:
+  """Loads an optimizer file as an optax transformation.
+
+  Args:
+    path: a ``.lopt`` file.
+    learning_rate: a float or an optax schedule (a function of the step
+      count); None is the optimizer's default rate (``config.init_lr``).
+      The step scales linearly with it, as with ``optax.adam``, so it can
+      be swept, scheduled, or set by ``optax.inject_hyperparams``.
+    key, kernel: as ``hrnn_optax``'s.
+
+  Example::
+
+    tx = optax.inject_hyperparams(metatrain.load_optimizer)(
+        path="my.lopt", learning_rate=optax.cosine_decay_schedule(3e-3, 1000))
+  """
+  config, theta = _read_cached(*_file_key(path))
+  return hrnn_optax(config, theta, key=key, kernel=kernel,
+                    learning_rate=learning_rate)
+
+
+def _file_key(path: str | os.PathLike) -> tuple[str, int, int]:
+  path = os.path.abspath(os.fspath(path))
+  try:
+    st = os.stat(path)
+  except OSError as e:
+    raise ValueError(f"{path}: cannot read optimizer file: {e}") from None
+  return path, st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=16)
+def _read_cached(path: str, mtime_ns: int, size: int):
+  """``read_optimizer``'s (config, theta), read once per file version:
+  ``optax.inject_hyperparams`` calls the factory at every step."""
+  del mtime_ns, size  # part of the cache key only
   config, theta, _ = read_optimizer(path)
-  return hrnn_optax(config, theta)
+  return config, theta

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from metatrain.optimizer import hrnn_config
 from metatrain.optimizer import hrnn_kernel
@@ -45,16 +44,21 @@ _EPS_RMS = 1e-16  # inside sqrt / log of the RMS (reference value)
 _MIN_LOG_LR = -33.0
 
 
-@struct.dataclass
-class HRNNState:
+class HRNNState(NamedTuple):
   """Optimizer state: packed per-parameter slabs, tensor and global states.
 
   The per-parameter arrays cover every trainable params leaf, packed as
-  ``layout`` says (static: part of the treedef, not an array); ``size`` is
-  ``layout.size``, the number of optimized scalars plus padding.
+  ``packing.make_layout`` of the params' leaves says (each step derives the
+  layout from the gradients); ``size`` is the layout's size, the number of
+  optimized scalars plus padding. The state holds only arrays, so its tree
+  structure does not depend on the params: optax's ``tree_map_params``
+  maps the params-shaped part (``true_params``, with attention) and passes
+  the rest, and ``optax.tree_utils.tree_get(state, "count")`` finds the
+  step counter (a NamedTuple, like optax's own states). Dtypes never change
+  across steps.
   """
 
-  step: jax.Array  # () steps taken
+  count: jax.Array  # () int32 steps taken (optax's name)
   h: jax.Array  # (param_units, size) parameter-GRU states, feature-major
   acc: jax.Array  # (T, size) gradient running averages
   ms: jax.Array  # (T, size) running mean squares of the averages
@@ -63,8 +67,15 @@ class HRNNState:
   adam_v: jax.Array  # (size,) nominal Adam's second moment; (0,) if unused
   h_tensor: jax.Array  # (num_tensors, tensor_units); (0,) if unused
   h_global: jax.Array  # (global_units,); (0,) if unused
-  true_params: tuple  # per params leaf: a copy (attention only) or None
-  layout: Layout = struct.field(pytree_node=False)
+  true_params: Any  # attention: a copy of the params (true point); else None
+
+  @property
+  def step(self) -> jax.Array:
+    """Steps taken (``count``)."""
+    return self.count
+
+  def replace(self, **changes: Any) -> "HRNNState":
+    return self._replace(**changes)
 
 
 # ----------------------------------------------------------------------------
@@ -163,6 +174,7 @@ def init_state(config: HRNNConfig, theta: Theta, params: Any,
   if key is None:
     key = jax.random.PRNGKey(cfg.init_seed)
   leaves = jax.tree_util.tree_leaves(params)
+  _refuse_complex(leaves, "params")
   layout = packing.make_layout(leaves)
   size, nt = layout.size, layout.num_tensors
   t = cfg.num_timescales
@@ -190,21 +202,31 @@ def init_state(config: HRNNConfig, theta: Theta, params: Any,
          if cfg.use_tensor_rnn else jnp.zeros((0,)))
   h_g = (jnp.array(theta["init_global_h"]) if cfg.use_global_rnn
          else jnp.zeros((0,)))
-  true = tuple(jnp.array(leaf) if cfg.use_attention and n else None
-               for leaf, n in zip(leaves, layout.sizes))
+  true = (jax.tree_util.tree_map(jnp.array, params) if cfg.use_attention
+          else None)
   # Per-parameter state storage: bf16 if asked, else the default float
   # (float64 under jax_enable_x64, as the gradient checks use).
   sdt = (jnp.dtype(jnp.bfloat16) if cfg.state_dtype == "bfloat16"
          else jnp.result_type(float))
   return HRNNState(
-      step=jnp.zeros((), jnp.int32),
+      count=jnp.zeros((), jnp.int32),
       h=jnp.broadcast_to(theta["init_param_h"][:, None].astype(sdt),
                          (cfg.param_units, size)),
       acc=jnp.zeros((t, size), sdt), ms=jnp.zeros((t, size), sdt),
       log_lr=log_lr.astype(sdt),
       adam_m=jnp.zeros((size if cfg.nominal_adam else 0,), sdt),
       adam_v=jnp.zeros((size if cfg.nominal_adam else 0,), sdt),
-      h_tensor=h_t, h_global=h_g, true_params=true, layout=layout)
+      h_tensor=h_t, h_global=h_g, true_params=true)
+
+
+def _refuse_complex(leaves, what: str) -> None:
+  for leaf in leaves:
+    if jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating):
+      raise TypeError(
+          f"the HRNN optimizer does not support complex {what} (got a "
+          f"{jnp.result_type(leaf)} leaf of shape {jnp.shape(leaf)}); "
+          "optimize real and imaginary parts as separate real params, e.g. "
+          "optax.contrib.split_real_and_imaginary(tx)")
 
 
 # ----------------------------------------------------------------------------
@@ -395,8 +417,8 @@ def _param_pass(cfg, theta, s, g, info, bias_table, first_step, mean_log_lr,
 
 
 def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
-           params: Any = None, kernel: bool | None = False
-           ) -> tuple[Any, HRNNState]:
+           params: Any = None, kernel: bool | None = False,
+           learning_rate: Any = None) -> tuple[Any, HRNNState]:
   """One optimizer step.
 
   Args:
@@ -410,24 +432,36 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
       (``hrnn_kernel``): False (the default: pure JAX, differentiable), True
       (warns once and falls back where it cannot), None (when it can).
       The kernel has no derivatives: never for meta-training.
+    learning_rate: the nominal rate (a scalar, may be traced); None is
+      ``config.init_lr``. The step is this rate times the learned,
+      relative corrections: it scales linearly with ``learning_rate /
+      config.init_lr`` (with ``config.global_step == "fixed"`` its RMS over
+      all parameters is exactly Adam's at this rate).
 
   Returns:
     ``(updates, new_state)``: add ``updates`` to the params (optax
-    convention). Updates have the dtype of the corresponding gradients.
+    convention). Updates have the dtype of the corresponding gradients;
+    the new state has the dtypes of ``state``.
   """
-  cfg, layout = config, state.layout
+  cfg = config
   g_leaves, treedef = jax.tree_util.tree_flatten(grads)
-  layout.check(g_leaves)
+  _refuse_complex(g_leaves, "gradients")
+  layout = packing.make_layout(g_leaves)
+  if state.h.shape[-1] != layout.size:
+    raise ValueError(
+        f"grads do not match the params this HRNN state was built for (a "
+        f"slab of {layout.size} elements, the state has {state.h.shape[-1]});"
+        " call init() with params of the same structure and shapes")
   if cfg.use_attention and params is None:
     raise ValueError("HRNN with use_attention=True needs `params` in update()")
   if not layout.live:
     zeros = [jnp.zeros_like(g) for g in g_leaves]
     return (jax.tree_util.tree_unflatten(treedef, zeros),
-            state.replace(step=state.step + 1))
+            state.replace(count=state.count + 1))
   p_leaves = (jax.tree_util.tree_leaves(params) if params is not None
               else [None] * len(g_leaves))
   cdt = jnp.result_type(theta["w_update"])  # compute dtype: theta's (f32)
-  first_step = state.step == 0
+  first_step = state.count == 0
   mean_log_lr = 0.0
   if cfg.use_relative_lr:  # padding log-LRs are 0
     mean_log_lr = jnp.sum(state.log_lr, dtype=cdt) / layout.num_params
@@ -451,7 +485,7 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
   if cfg.nominal_adam:
     slabs["adam_m"], slabs["adam_v"] = state.adam_m, state.adam_v
   g = packing.pack(layout, g_leaves, cdt)
-  t1 = (state.step + 1).astype(cdt)  # nominal Adam's bias correction
+  t1 = (state.count + 1).astype(cdt)  # nominal Adam's bias correction
   if kernel is not False and hrnn_kernel.should_use(cfg, theta, state,
                                                     kernel):
     new, step, sums = hrnn_kernel.param_pass(
@@ -464,6 +498,10 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
     new, (step, attend), sums = packing.blocked_map(layout, fn, slabs, g)
     sums = {k: packing.segment_sums(layout, v) for k, v in sums.items()}
   n_t = layout.tensor_sizes(cdt)[:, None]
+  rate_scale = _rate_scale(cfg, learning_rate, cdt)
+  step = step * rate_scale
+  if cfg.global_step == "fixed":
+    step = step * _fixed_step_factor(cfg, layout, new, step, t1, rate_scale)
 
   # Per-tensor and global GRUs.
   h_tensor, h_global = state.h_tensor, state.h_global
@@ -481,7 +519,9 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
          for k in ("d2", "a2") if k in sums}
   steps = packing.unpack(layout, step)
   attends = packing.unpack(layout, attend) if cfg.use_attention else None
-  updates, new_true = [], list(state.true_params)
+  true_leaves = (jax.tree_util.tree_leaves(state.true_params)
+                 if cfg.use_attention else [None] * len(g_leaves))
+  updates, new_true = [], list(true_leaves)
   for i, g_leaf in enumerate(g_leaves):
     if not layout.sizes[i]:
       updates.append(jnp.zeros_like(g_leaf))
@@ -491,7 +531,7 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
     st = steps[i] / rms["d2"][t] if "d2" in rms else steps[i]
     if cfg.use_attention:
       at = attends[i] / rms["a2"][t] if "a2" in rms else attends[i]
-      true = state.true_params[i]
+      true = true_leaves[i]
       true_t = true.astype(cdt) - st.reshape(shape)
       cur = jnp.asarray(p_leaves[i]).astype(cdt)
       upd = (true_t - at.reshape(shape)) - cur
@@ -500,21 +540,60 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
       upd = -st.reshape(shape)
     updates.append(upd.astype(dtype))
 
-  new_state = state.replace(step=state.step + 1, h_tensor=h_tensor,
-                            h_global=h_global, true_params=tuple(new_true),
-                            **new)
+  new_true = (jax.tree_util.tree_unflatten(
+      jax.tree_util.tree_structure(state.true_params), new_true)
+              if cfg.use_attention else None)
+  new_state = state.replace(count=state.count + 1, h_tensor=h_tensor,
+                            h_global=h_global, true_params=new_true, **new)
+  # The state keeps its dtypes (e.g. float64 slabs with a float32 theta,
+  # whose GRUs would otherwise promote the tensor and global states): a
+  # state that changed dtype breaks lax.cond/scan-based wrappers.
+  new_state = jax.tree_util.tree_map(
+      lambda new_x, old_x: new_x.astype(jnp.result_type(old_x)), new_state,
+      state)
   return jax.tree_util.tree_unflatten(treedef, updates), new_state
+
+
+def _rate_scale(cfg: HRNNConfig, learning_rate: Any, dtype) -> Any:
+  """``learning_rate / cfg.init_lr`` (1 for None), as a ``dtype`` scalar."""
+  if learning_rate is None:
+    return jnp.ones((), dtype)
+  return jnp.asarray(learning_rate, dtype) / cfg.init_lr
+
+
+def _fixed_step_factor(cfg: HRNNConfig, layout: Layout, new: dict, step,
+                       t1, rate_scale) -> jax.Array:
+  """The factor that gives ``step`` the RMS of Adam's step at the rate.
+
+  ``step`` is ``rate/init_lr * exp(learned log-LRs) * (Adam's direction +
+  the RNN's)``; Adam's step at the rate is ``rate * adam``, where ``adam``
+  is the bias-corrected direction of the new moments. Sums run over the
+  slab (padding holds zero gradients, so its moments, hence its ``adam``,
+  are zero; its ``step`` is masked out). Meta-training cannot move the
+  global step size: it decides only where and in which direction it goes.
+  """
+  b1, b2 = cfg.adam_b1, cfg.adam_b2
+  m = new["adam_m"].astype(step.dtype)
+  v = new["adam_v"].astype(step.dtype)
+  adam = (m / (1.0 - b1 ** t1)) / (jnp.sqrt(v / (1.0 - b2 ** t1) + 1e-30) +
+                                   cfg.adam_eps)
+  if layout.padded:
+    step = step * packing.live_mask(layout, step.dtype)
+  ref = rate_scale * cfg.init_lr * jnp.sqrt(jnp.sum(adam * adam) + _EPS_RMS)
+  return ref / jnp.sqrt(
+      jnp.sum(step * step) + _EPS_RMS * cfg.init_lr ** 2)
 
 
 def true_params(state: HRNNState, params: Any) -> Any:
   """The true (non-attended) params; equals ``params`` without attention."""
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  out = [p if tp is None else tp for p, tp in zip(leaves, state.true_params)]
-  return jax.tree_util.tree_unflatten(treedef, out)
+  return params if state.true_params is None else state.true_params
 
 
-def state_bytes_per_param(state: HRNNState) -> float:
-  """Bytes of optimizer state per optimized scalar (all state included)."""
+def state_bytes_per_param(state: HRNNState, params: Any = None) -> float:
+  """Bytes of optimizer state per optimized scalar (all state included);
+  without ``params``, per slab element (padding included)."""
+  num_params = (state.h.shape[-1] if params is None else packing.make_layout(
+      jax.tree_util.tree_leaves(params)).num_params)
   total = sum(np.size(x) * jnp.result_type(x).itemsize
               for x in jax.tree_util.tree_leaves(state))
-  return total / max(state.layout.num_params, 1)
+  return total / max(num_params, 1)

@@ -70,6 +70,14 @@ class HRNNConfig:
   # training preset sets 10. Both start at zero, so the untrained optimizer
   # does not depend on it.
   lr_head_gain: float = 1.0
+  # Who sets the global step size. "learned" (hrnn-v1's): the step is the
+  # user's rate times learned corrections whose overall level meta-training
+  # moves freely. "fixed": every step is rescaled so that its RMS over all
+  # parameters equals Adam's step at the user's rate; the learned parts
+  # decide only where (per-tensor and per-parameter relative rates) and in
+  # which direction it goes, as Celo2's normalised update does. Needs
+  # nominal_adam (Adam's moments are the reference).
+  global_step: str = "learned"
   # Storage dtype of the per-parameter state (GRU state, averages, decays,
   # log-LRs, Adam moments): "float32", or "bfloat16" to halve its memory.
   # The math runs in float32 either way.
@@ -102,6 +110,12 @@ class HRNNConfig:
       errors.append("lr_correction_range needs dynamic_output_scale")
     if not self.lr_head_gain > 0:
       errors.append(f"lr_head_gain must be > 0, got {self.lr_head_gain!r}")
+    if self.global_step not in ("learned", "fixed"):
+      errors.append(f"global_step must be 'learned' or 'fixed', got "
+                    f"{self.global_step!r}")
+    if self.global_step == "fixed" and not self.nominal_adam:
+      errors.append("global_step='fixed' needs nominal_adam (the reference "
+                    "step is Adam's)")
     if self.state_dtype not in ("float32", "bfloat16"):
       errors.append(f"state_dtype must be 'float32' or 'bfloat16', got "
                     f"{self.state_dtype!r}")

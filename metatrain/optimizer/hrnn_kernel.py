@@ -200,7 +200,7 @@ def unsupported_reason(cfg, theta, state) -> str | None:
   arrays += jax.tree_util.tree_leaves(theta)
   if any(jnp.result_type(x) != jnp.float32 for x in arrays):
     return "the kernel needs float32 state and theta"
-  if state.layout.size >= 2**31:
+  if state.h.shape[-1] >= 2**31:
     return "slab too large for int32 offsets"
   if jax.default_backend() != "cpu":
     return f"backend is {jax.default_backend()}, the kernel is CPU-only"

@@ -3,8 +3,10 @@
 Every trainable (floating, non-empty) params leaf gets a contiguous range of
 one flat slab of ``Layout.size`` elements, starting at a multiple of
 ``Layout.chunk``; the gaps and the tail are padding. The layout is static
-Python data derived from the params' shapes and dtypes: it lives in the
-treedef of the state, not in its arrays, and costs nothing at run time.
+Python data derived from the params' shapes and dtypes: every step derives
+it again from the gradients (cached), so the state holds only arrays and
+its tree structure does not depend on the params (as optax's
+``tree_map_params`` needs).
 
 Inside a pass the elements are viewed as (num_chunks, chunk) (see
 ``ChunkInfo``). Per-tensor sums are taken in two stages: a sum over each
@@ -133,7 +135,17 @@ def _padding(sizes, chunk) -> int:
 
 def make_layout(leaves) -> Layout:
   """The layout of a list of params leaves (arrays or shape structs)."""
-  sizes = [int(np.size(x)) if is_trainable(x) else 0 for x in leaves]
+  sizes = tuple(int(np.size(x)) if is_trainable(x) else 0 for x in leaves)
+  # The module's constants are part of the key (tests change them).
+  return _layout(sizes, MIN_CHUNKED, MAX_CHUNK, MAX_PAD_FRACTION,
+                 BLOCK_THRESHOLD, BLOCK_SIZE, DENSE_LIMIT)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(sizes: tuple[int, ...], *constants) -> Layout:
+  """``make_layout`` of leaves with these trainable sizes (0: no state);
+  cached, as every ``update`` derives the layout from its grads."""
+  del constants  # read from the module below; a cache key only
   live = [n for n in sizes if n]
   total = sum(live)
   chunk = 1
@@ -169,6 +181,14 @@ def pack(layout: Layout, leaves, dtype) -> jax.Array:
   if layout.size > end:
     pieces.append(jnp.zeros((layout.size - end,), dtype))
   return jnp.concatenate(pieces) if pieces else jnp.zeros((0,), dtype)
+
+
+def live_mask(layout: Layout, dtype) -> jax.Array:
+  """(size,) 1 on the slab's parameter elements, 0 on its padding."""
+  mask = np.zeros((layout.size,), np.dtype(dtype))
+  for i in layout.live:
+    mask[layout.offsets[i]:layout.offsets[i] + layout.sizes[i]] = 1
+  return jnp.asarray(mask)
 
 
 def unpack(layout: Layout, flat: jax.Array) -> dict[int, jax.Array]:

@@ -11,7 +11,8 @@ from metatrain.optimizer import hrnn
 
 
 def hrnn_optax(config: hrnn.HRNNConfig, theta: hrnn.Theta,
-               key: jax.Array | None = None, kernel: bool | None = None
+               key: jax.Array | None = None, kernel: bool | None = None,
+               learning_rate: Any = None
                ) -> optax.GradientTransformationExtraArgs:
   """Returns the hierarchical RNN optimizer as an optax transformation.
 
@@ -33,6 +34,10 @@ def hrnn_optax(config: hrnn.HRNNConfig, theta: hrnn.Theta,
       where it cannot), False never. Its steps equal the pure-JAX ones to ~1e-6,
       but they have no derivatives: pass False to differentiate through
       the update.
+    learning_rate: a float (or scalar array, as ``optax.inject_hyperparams``
+      passes), or an optax schedule of the step count (``state.count``);
+      None is ``config.init_lr``, the rate it was meta-trained at. The step
+      scales linearly with it.
   """
   theta = jax.tree_util.tree_map(jax.numpy.asarray, theta)
 
@@ -42,6 +47,9 @@ def hrnn_optax(config: hrnn.HRNNConfig, theta: hrnn.Theta,
   def update_fn(updates: Any, state: hrnn.HRNNState, params: Any = None,
                 **extra_args) -> tuple[Any, hrnn.HRNNState]:
     del extra_args
-    return hrnn.update(config, theta, state, updates, params, kernel=kernel)
+    lr = (learning_rate(state.count) if callable(learning_rate)
+          else learning_rate)
+    return hrnn.update(config, theta, state, updates, params, kernel=kernel,
+                       learning_rate=lr)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

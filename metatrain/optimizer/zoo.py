@@ -45,14 +45,30 @@ def pretrained_info(name: str = DEFAULT) -> dict[str, Any]:
   return export.read_optimizer(pretrained_path(name))[2]
 
 
-def pretrained(name: str = DEFAULT) -> optax.GradientTransformationExtraArgs:
+def pretrained(name: str = DEFAULT, learning_rate: Any = None,
+               key: Any = None, kernel: bool | None = None
+               ) -> optax.GradientTransformationExtraArgs:
   """The shipped learned optimizer ``name`` as an optax transformation.
+
+  Args:
+    name: a shipped optimizer (``available()``).
+    learning_rate: a float or an optax schedule; None is the optimizer's
+      default rate (1e-3 for every shipped one). The step scales linearly
+      with it, like ``optax.adam``'s.
+    key, kernel: as ``hrnn_optax``'s.
 
   Example::
 
-    tx = metatrain.pretrained()
+    tx = metatrain.pretrained(learning_rate=1e-3)
     opt_state = tx.init(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
+
+    # A schedule, or a rate you can change between steps:
+    tx = metatrain.pretrained(
+        learning_rate=optax.warmup_cosine_decay_schedule(0, 3e-3, 100, 5000))
+    tx = optax.inject_hyperparams(metatrain.pretrained)(learning_rate=1e-3)
   """
-  return export.load_optimizer(pretrained_path(name))
+  return export.load_optimizer(pretrained_path(name),
+                               learning_rate=learning_rate, key=key,
+                               kernel=kernel)

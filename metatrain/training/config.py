@@ -53,8 +53,15 @@ class MetaGradConfig:
   pes_std: float = 0.01  # perturbation stdev per meta-parameter
   pes_pairs: int = 8  # antithetic pairs (2x particles) per PES group
   mix_pes_fraction: float = 0.5  # "mix": chance that a new group uses PES
+  # How a PES pair's two losses weigh its perturbation: "raw" (their
+  # difference: the unbiased estimate) or "sign" (only its sign, as VeLO:
+  # blind to each task's loss scale; ``pes.pes_meta_grad``).
+  pes_loss_diff: str = "raw"
 
   def __post_init__(self):
+    if self.pes_loss_diff not in ("raw", "sign"):
+      raise ValueError(f"meta_grad.pes_loss_diff must be 'raw' or 'sign', "
+                       f"got {self.pes_loss_diff!r}")
     if self.estimator not in ESTIMATORS:
       raise ValueError(f"meta_grad.estimator must be one of "
                        f"{', '.join(ESTIMATORS)}, got {self.estimator!r}")
@@ -225,6 +232,20 @@ PRESETS: dict[str, dict[str, Any]] = {
                                       "matmul_algorithm=1.5", "fn2d=1",
                                       "quadratic=1.5", "bowl=1"]},
                 "learner": {"save_every": 10, "keep_every": 10}},
+    # Issue 23's candidate: the user sets the global step (the optimizer's
+    # step has Adam's RMS at the user's rate, which each task draws
+    # log-uniform over half a decade either side of 1e-3, the default),
+    # tasks live 100 to 2,000 steps (log-uniform) and start at random
+    # offsets. Otherwise the default preset.
+    "v2": {"meta_grad": {"estimator": "pes"},
+           "meta_opt": {"learning_rate": 1e-3},
+           "hrnn": {"lr_head_gain": 10.0, "global_step": "fixed"},
+           "unroll": {"lr_range": [3e-4, 3e-3],
+                      "task_steps_range": [100.0, 2000.0]},
+           "tasks": {"weights": ["mlp=3", "logistic=3",
+                                 "matmul_algorithm=1.5", "fn2d=1",
+                                 "quadratic=1.5", "bowl=1"]},
+           "learner": {"save_every": 10, "keep_every": 10}},
     # Small enough for tests and smoke runs: a few seconds per meta-step.
     "tiny": {"unroll": {"tasks_per_group": 2, "min_steps": 10,
                         "max_steps": 10,

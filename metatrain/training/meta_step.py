@@ -136,11 +136,13 @@ class TaskGroup:
     if self.estimator == "pes":
       n = pes.num_pairs(self.states)
       k_run, k_eps = jax.random.split(key)
-      programs.note(("pes", self.bucket, scan_len, cfg.unroll, cfg.hrnn))
+      sign = cfg.meta_grad.pes_loss_diff == "sign"
+      programs.note(("pes", self.bucket, scan_len, cfg.unroll, cfg.hrnn,
+                     sign))
       grad, self.states, metrics = pes.pes_meta_grad(
           theta, self.states, jax.random.split(k_run, n), k_eps, length,
           cfg.meta_grad.pes_std, self.hparams, task_config=self.bucket,
-          hcfg=cfg.hrnn, ucfg=cfg.unroll, scan_len=scan_len)
+          hcfg=cfg.hrnn, ucfg=cfg.unroll, scan_len=scan_len, sign=sign)
       members = 2 * n
     else:
       members = cfg.unroll.tasks_per_group

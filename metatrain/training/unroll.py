@@ -79,8 +79,35 @@ class UnrollConfig:
   # diverged step still pays the full cap, so diverging early is never
   # cheaper than any finite outcome.
   meta_loss_ramp_steps: int = 0
+  # (lo, hi) with 0 < lo <= hi: each task instance's optimizer runs at a
+  # nominal learning rate drawn log-uniform in [lo, hi] (the rate a user
+  # passes, ``hrnn.update``'s ``learning_rate``), so that meta-training
+  # sees the rates users pick and the optimizer learns to work across
+  # them. () (the default): every task at the optimizer's ``init_lr``.
+  lr_range: tuple[float, ...] = ()
+  # (lo, hi) with 1 <= lo <= hi: a task lives for a number of inner steps
+  # drawn log-uniform in [lo, hi] (rounded up to whole truncations of
+  # max_steps), instead of round(Exp(truncations_mean)) + 1 truncations;
+  # and a group's first tasks start at a random offset into their life
+  # (their first life is a uniform fraction of one), so that the tasks
+  # of a run are spread over every phase of training. () (the default):
+  # truncations_mean.
+  task_steps_range: tuple[float, ...] = ()
 
   def __post_init__(self):
+    object.__setattr__(self, "lr_range", tuple(float(x) for x in
+                                               self.lr_range))
+    object.__setattr__(self, "task_steps_range", tuple(
+        float(x) for x in self.task_steps_range))
+    if self.lr_range and not (len(self.lr_range) == 2 and
+                              0 < self.lr_range[0] <= self.lr_range[1]):
+      raise ValueError(f"unroll.lr_range must be [] or [lo, hi] with 0 < lo "
+                       f"<= hi, got {list(self.lr_range)}")
+    if self.task_steps_range and not (
+        len(self.task_steps_range) == 2 and
+        1 <= self.task_steps_range[0] <= self.task_steps_range[1]):
+      raise ValueError(f"unroll.task_steps_range must be [] or [lo, hi] with "
+                       f"1 <= lo <= hi, got {list(self.task_steps_range)}")
     if self.meta_loss not in ("full", "minibatch"):
       raise ValueError(f"unroll.meta_loss must be 'full' or 'minibatch', got "
                        f"{self.meta_loss!r}")
@@ -106,11 +133,25 @@ class TaskUnrollState:
   f0: jax.Array  # full-batch loss at the reset
   seed: jax.Array  # PRNG key of the current task instance
   truncs_left: jax.Array  # truncations left before the next reset
+  lr: jax.Array  # the task's nominal learning rate (``UnrollConfig.lr_range``)
 
 
 def sample_num_truncations(key, cfg: UnrollConfig, shape=()):
+  """Truncations a task lives (see ``UnrollConfig.task_steps_range``)."""
+  if cfg.task_steps_range:
+    lo, hi = (math.log(x) for x in cfg.task_steps_range)
+    steps = jnp.exp(jax.random.uniform(key, shape, minval=lo, maxval=hi))
+    return jnp.maximum(jnp.ceil(steps / cfg.max_steps), 1).astype(jnp.int32)
   e = jax.random.exponential(key, shape) * cfg.truncations_mean
   return jnp.round(e).astype(jnp.int32) + 1
+
+
+def sample_lr(key, cfg: UnrollConfig, default: float):
+  """A task's nominal learning rate: log-uniform in ``cfg.lr_range``."""
+  if not cfg.lr_range:
+    return jnp.asarray(default, jnp.float32)
+  lo, hi = (math.log(x) for x in cfg.lr_range)
+  return jnp.exp(jax.random.uniform(key, (), minval=lo, maxval=hi))
 
 
 def sample_length(rng: np.random.Generator, cfg: UnrollConfig) -> int:
@@ -145,6 +186,7 @@ def problem_keys(key, num_tasks: int):
 
 def _fresh_task(task, hcfg, theta, key, ucfg):
   _, k_opt, k_len = jax.random.split(key, 3)
+  k_lr = jax.random.fold_in(k_len, 1)
   k_init = init_key(key)
   params, data = task.init(k_init)
   return TaskUnrollState(
@@ -153,7 +195,8 @@ def _fresh_task(task, hcfg, theta, key, ucfg):
       step=jnp.zeros((), jnp.int32),
       f0=task.full_loss(params, data),
       seed=key,
-      truncs_left=sample_num_truncations(k_len, ucfg))
+      truncs_left=sample_num_truncations(k_len, ucfg),
+      lr=sample_lr(k_lr, ucfg, hcfg.init_lr))
 
 
 def _tree_where(c, a, b):
@@ -171,6 +214,11 @@ def _truncation(theta, state: TaskUnrollState, key, length, *, task, hcfg,
   fresh = _fresh_task(task, hcfg, theta, jax.random.fold_in(state.seed,
                                                             state.step + 1),
                       ucfg)
+  if ucfg.task_steps_range:  # a group's first tasks start at random offsets
+    offset = jax.random.randint(jax.random.fold_in(state.seed, 7), (), 1,
+                                fresh.truncs_left + 1)
+    fresh = fresh.replace(truncs_left=jnp.where(first_start, offset,
+                                                fresh.truncs_left))
   state = jax.lax.stop_gradient(state)
   state = _tree_where(need_reset, fresh, state)
 
@@ -180,7 +228,9 @@ def _truncation(theta, state: TaskUnrollState, key, length, *, task, hcfg,
     loss, grads = task.loss_and_grad(params, state.data, k)
     if ucfg.stop_second_derivatives:
       grads = jax.lax.stop_gradient(grads)
-    updates, new_opt = hrnn.update(hcfg, theta, opt_state, grads, params)
+    updates, new_opt = hrnn.update(hcfg, theta, opt_state, grads, params,
+                                   learning_rate=(state.lr if ucfg.lr_range
+                                                  else None))
     new_params = optax.apply_updates(params, updates)
     if ucfg.meta_loss == "full":
       f = task.full_loss(new_params, state.data)

@@ -23,14 +23,17 @@ def test_shipped_optimizer_loads_with_its_provenance():
   assert session["hardware"]["jax_backend"]
   assert info["meta_training"]["seconds"] > 0
   assert info["selection"]["split"] == "validation"
-  assert info["train_config"]["hrnn"] == metatrain.read_optimizer(
-      metatrain.pretrained_path())[0].to_dict()
+  assert metatrain.HRNNConfig.from_dict(
+      info["train_config"]["hrnn"]) == metatrain.read_optimizer(
+          metatrain.pretrained_path())[0]
   # `lopt train` with the default preset retrains what ships, but for the
   # truncation lengths: fixed at 40 steps since issue 22 (one program per
   # task bucket); hrnn-v1 had 10 + Exp(30) steps, capped at 320 (the same
   # mean).
   default = config_lib.to_dict(config_lib.load("default"))
-  for part in ("hrnn", "meta_opt", "meta_grad", "tasks"):
+  assert (metatrain.HRNNConfig.from_dict(default["hrnn"]) ==
+          metatrain.HRNNConfig.from_dict(info["train_config"]["hrnn"]))
+  for part in ("meta_opt", "meta_grad", "tasks"):
     assert default[part] == info["train_config"][part], part
   lengths = ("steps_mean", "min_steps", "max_steps")
   shipped = dict(info["train_config"]["unroll"])

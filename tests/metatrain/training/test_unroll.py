@@ -220,3 +220,50 @@ def test_evaluate_reports_an_exploding_optimizer_as_diverged():
   assert np.all(np.asarray(diverged))
   assert np.all(np.isinf(np.asarray(final))) and np.all(np.asarray(final) > 0)
   assert np.all(np.isinf(np.asarray(obj)))
+
+
+def test_each_task_runs_at_its_sampled_nominal_rate():
+  # Untrained, the optimizer is Adam at the task's rate, whose first step
+  # moves every coordinate by exactly the rate (sign of the gradient).
+  moved = {}
+  for rate in (1e-3, 1e-2):
+    ucfg = dataclasses.replace(UCFG, lr_range=(rate, rate))
+    s0 = _states(ucfg=ucfg)
+    np.testing.assert_allclose(np.asarray(s0.lr), rate, rtol=1e-6)
+    s0 = s0.replace(truncs_left=jnp.full((3,), 5, jnp.int32))
+    _, s1, _ = _call(THETA, s0, length=1, ucfg=ucfg)
+    moved[rate] = np.abs(np.asarray(s1.params["x"]) -
+                         np.asarray(s0.params["x"]))
+    np.testing.assert_allclose(moved[rate], rate, rtol=1e-4)
+  wide = dataclasses.replace(UCFG, lr_range=(1e-4, 1e-2))
+  rates = np.asarray(_states(n=64, ucfg=wide).lr)
+  assert rates.min() >= 1e-4 * (1 - 1e-6) and rates.max() <= 1e-2 * (1 + 1e-6)
+  assert len(set(rates.tolist())) == 64  # per task instance
+  # Log-uniform: about half below the geometric midpoint 1e-3.
+  assert 20 <= int(np.sum(rates < 1e-3)) <= 44
+  with pytest.raises(ValueError, match="lr_range"):
+    unroll.UnrollConfig(lr_range=(1e-2, 1e-3))
+
+
+def test_log_uniform_task_lives_start_at_random_offsets():
+  ucfg = dataclasses.replace(UCFG, task_steps_range=(100.0, 2000.0))
+  n = unroll.sample_num_truncations(jax.random.PRNGKey(0), ucfg, (4000,))
+  n = np.asarray(n)
+  # Whole truncations of max_steps (8): ceil(100/8) = 13 to 250.
+  assert n.min() >= 13 and n.max() <= 250
+  # Log-uniform steps: the median life is about sqrt(100 * 2000) = 447.
+  assert 50 <= np.median(n) <= 62
+  # Pending tasks (a new group) start with a uniform fraction of a life.
+  pending = unroll.pending_group_states(
+      THETA, jax.random.PRNGKey(2), task_config=QUAD, hcfg=HCFG, ucfg=ucfg,
+      num_tasks=3)
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  _, s1, m = unroll.group_meta_grad(THETA, pending, keys, 8,
+                                    task_config=QUAD, hcfg=HCFG, ucfg=ucfg,
+                                    scan_len=8)
+  left = np.asarray(s1.truncs_left)
+  assert int(m["num_resets"]) == 0
+  assert np.all(left >= 0) and np.all(left <= 249)
+  assert len(set(left.tolist())) == 3
+  with pytest.raises(ValueError, match="task_steps_range"):
+    unroll.UnrollConfig(task_steps_range=(0.5, 10.0))
