@@ -272,3 +272,46 @@ def score(rows: list[dict[str, Any]]) -> dict[str, Any]:
   return {"geomean_ratio": geo, "wins": int(np.sum(ratios < 1)),
           "tasks": len(rows), "complete": complete,
           "diverged": int(sum(r["learned_diverged"] > 0 for r in rows))}
+
+
+def run_of(record: dict[str, Any]) -> tuple[str, str, Any, int]:
+  """``(task, optimizer, learning rate, seed)``, as ``SuiteConfig.runs``."""
+  return (record["task"], record["optimizer"],
+          record["hparams"].get("learning_rate"), record.get("seed", 0))
+
+
+def best_step(records: list[dict[str, Any]], steps: Iterable[int],
+              runs: Iterable[tuple] | None = None
+              ) -> tuple[int, dict[str, Any]] | None:
+  """The best fully evaluated checkpoint among ``steps``.
+
+  Args:
+    records: all records (``read``).
+    steps: the candidate checkpoint steps (those still on disk).
+    runs: the runs of a full evaluation (``SuiteConfig.runs``): a step with
+      any of them missing (e.g. evaluators that share the suite are still at
+      it) is not fully evaluated, and records of other runs are ignored.
+      None: ``score``'s ``complete`` alone decides.
+
+  Returns:
+    ``(step, score)`` of the step with the lowest ``geomean_ratio``, the
+    newest among equals, or None when no step is fully evaluated.
+  """
+  want = None if runs is None else set(runs)
+  by_source: dict[str, list] = collections.defaultdict(list)
+  for r in records:
+    if want is None or run_of(r) in want:
+      by_source[r["source"]].append(r)
+  scored = []
+  for step in steps:
+    source = f"step:{step}"
+    recs = by_source.get(source, [])
+    if want is not None and {run_of(r) for r in recs} != want:
+      continue
+    s = score(summarize(recs, source))
+    if s["complete"]:
+      scored.append((s["geomean_ratio"], -step, step, s))
+  if not scored:
+    return None
+  _, _, step, s = min(scored)
+  return step, s

@@ -100,6 +100,18 @@ class SuiteConfig:
   def lrs(self, baseline: str) -> tuple[float, ...]:
     return getattr(self, f"{baseline}_lrs")
 
+  def runs(self) -> list[tuple[str, str, float | None, int]]:
+    """Every run of a full evaluation, ``(task, optimizer, learning rate,
+    seed)``: per task, the baselines' grids, then the learned optimizer
+    (learning rate None)."""
+    out = []
+    for task in self.tasks:
+      for b in self.baselines:
+        out += [(task, b, lr, s) for lr in self.lrs(b)
+                for s in range(self.seeds)]
+      out += [(task, "learned", None, s) for s in range(self.seeds)]
+    return out
+
   def problem_settings(self) -> dict[str, Any]:
     return {"batch_size": self.batch_size,
             "eval_examples": self.eval_examples,

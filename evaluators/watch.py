@@ -126,12 +126,7 @@ class Evaluator:
 
   def units(self) -> list[Unit]:
     """This shard's units: per task, the baselines' grids, then learned."""
-    out = []
-    for task in self.suite.tasks:
-      for b in self.suite.baselines:
-        for lr in self.suite.lrs(b):
-          out += [Unit(task, b, lr, s) for s in range(self.suite.seeds)]
-      out += [Unit(task, "learned", None, s) for s in range(self.suite.seeds)]
+    out = [Unit(*r) for r in self.suite.runs()]
     return out[self.shard[0]::self.shard[1]]
 
   def _key(self, source: Source, u: Unit) -> str:

@@ -108,10 +108,14 @@ def _train_logged(cfg, args) -> int:
     with open(path + ".tmp", "w") as f:
       json.dump(config_lib.to_dict(cfg), f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)
-    pool = None
+    from evaluators.best import BestCheckpoint  # pylint: disable=import-outside-toplevel
+    pool, suite = None, None
     if cfg.evaluator.count:
       from evaluators.actor import EvaluatorPool as pool  # pylint: disable=import-outside-toplevel
-    return launcher.run(cfg, args, evaluator_pool=pool)
+      suite = cfg.evaluator.suite  # steps must be fully evaluated on it
+    best = BestCheckpoint(args.workdir, suite,
+                          list(cfg.evaluator.suite_overrides))
+    return launcher.run(cfg, args, evaluator_pool=pool, best_checkpoint=best)
   except (checkpoints.CheckpointSaveError,
           checkpoints.CheckpointRestoreError, launcher.ResourceError) as e:
     log.fail(str(e), e)

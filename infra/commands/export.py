@@ -3,7 +3,10 @@
 ``--step N`` exports that checkpoint, ``--best`` the one with the best
 evaluator score (the lowest geometric mean over tasks of the learned
 optimizer's final loss over the best tuned baseline's; a diverged task
-makes it infinite), and neither the newest. The file's metadata records the
+makes it infinite) among the fully evaluated checkpoints on disk: the one
+the trainer keeps as the best whatever the retention
+(``workdir/best_checkpoint.json``), unless a better one was evaluated after
+its last save. Neither: the newest. The file's metadata records the
 training config, the step, the meta-training time, command and hardware
 (``run_info.json``) and the evaluation summary of that step.
 """
@@ -15,6 +18,7 @@ import math
 import os
 from typing import Any
 
+from evaluators import best as best_lib
 from evaluators import records
 from metatrain.distributed import checkpoints
 from metatrain.distributed.workdir import Workdir
@@ -56,22 +60,27 @@ def evaluation_summary(recs: list[dict[str, Any]], step: int
                    for r in rows]}
 
 
-def best_step(workdir: str, steps: list[int]) -> tuple[int, dict]:
-  """The evaluated checkpoint (still on disk) with the best score."""
-  recs = _records(workdir)
-  scored = []
-  for step in steps:
-    rows = records.summarize(recs, f"step:{step}")
-    s = records.score(rows)
-    if s["complete"]:
-      scored.append((s["geomean_ratio"], -step, step, s))
-  if not scored:
+def best_step(workdir: str, steps: list[int],
+              pin: dict[str, Any] | None = None) -> tuple[int, dict]:
+  """The evaluated checkpoint (still on disk) with the best score.
+
+  The rule is the trainer's (``evaluators.best``, with the suite named in
+  its ``pin``), so this is the step retention keeps as the best, or a
+  better one evaluated since its last save. If the records show no fully
+  evaluated step, the pinned step (if on disk) is the answer.
+  """
+  found = best_lib.BestCheckpoint.from_pin(workdir, pin)(steps)
+  if found is not None:
+    step = found[0]
+  elif pin is not None and pin["step"] in steps:
+    step = pin["step"]
+  else:
     raise ExportError(
         f"--best: no checkpoint on disk in {workdir}/checkpoints has a "
         "complete evaluation; run `lopt evaluate --workdir "
         f"{workdir} --once` first, or export with --step N")
-  _, _, step, s = min(scored)
-  return step, s
+  return step, records.score(records.summarize(_records(workdir),
+                                               f"step:{step}"))
 
 
 def export_checkpoint(workdir: str, out: str, step: int | None = None,
@@ -87,8 +96,9 @@ def export_checkpoint(workdir: str, out: str, step: int | None = None,
     if not steps:
       raise ExportError(f"no complete checkpoint in {workdir}/checkpoints "
                         f"yet: train with `lopt train --workdir {workdir}`")
+    pin = ck.protected()
     if best:
-      step, _ = best_step(workdir, steps)
+      step, _ = best_step(workdir, steps, pin)
     elif step is None:
       step = steps[-1]
     elif step not in steps:
@@ -102,7 +112,8 @@ def export_checkpoint(workdir: str, out: str, step: int | None = None,
   meta = {
       "source": {"workdir": os.path.abspath(workdir), "step": step,
                  "selected_by": "best evaluator score" if best else (
-                     "newest" if step == steps[-1] else "--step")},
+                     "newest" if step == steps[-1] else "--step"),
+                 "kept_as_best": pin is not None and pin["step"] == step},
       "train_config": train_cfg,
       "meta_training": {
           "steps": step, "seconds": counters.get("train_seconds"),

@@ -26,7 +26,9 @@ removes the temporary dirs of saves that can no longer finish
 
 Retention: the ``keep_last`` newest complete steps are kept, plus every step
 that is a multiple of ``keep_every`` (if > 0). E.g. keep_last=2, keep_every=5
-and steps 1..12 keep {5, 10, 11, 12}.
+and steps 1..12 keep {5, 10, 11, 12}. The trainer also pins its best
+evaluated step (``protect``; ``checkpoint_pin.py``), kept whatever the rules
+above say, across resumes too, until a better one replaces it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from metatrain.distributed.checkpoint_dirs import (  # pylint: disable=unused-im
     ASIDE_MARK, COMMIT_FILE, ORBAX_ROOT_ENTRIES, STEP_RE, TMP_MARK,
     CheckpointRestoreError, CheckpointSaveError, CorruptCheckpointError,
     disk_failure, is_complete_step_dir, os_error_text)
+from metatrain.distributed.checkpoint_pin import PinnedStep, read_pin, write_pin
 from metatrain.distributed.workdir import Workdir
 
 
@@ -115,6 +118,7 @@ class Checkpointer:
                        " and save_every >= 1")
     self.cfg, self.read_only = cfg, read_only
     self.directory = Path(Workdir(workdir).checkpoints).absolute()
+    self.pin_path = Workdir(workdir).best_checkpoint
     self._warned: set[str] = set()
     self._in_flight: set[int] = set()
     self._failed: set[int] = set()  # steps whose save failed
@@ -124,7 +128,8 @@ class Checkpointer:
           read_only=True, create=False, save_interval_steps=0,
           step_name_format=fmt, enable_async_checkpointing=False)
     else:
-      keep: list[Any] = [ocm.LatestN(n=cfg.keep_last)]
+      self._pin = PinnedStep((self.protected() or {}).get("step"))
+      keep: list[Any] = [ocm.LatestN(n=cfg.keep_last), self._pin]
       if cfg.keep_every:
         keep.append(ocm.EveryNSteps(interval_steps=cfg.keep_every))
       opts = ocp.CheckpointManagerOptions(
@@ -235,6 +240,38 @@ class Checkpointer:
     for s in steps:
       for p in self.directory.glob(f"{s}{TMP_MARK}*"):
         shutil.rmtree(p, ignore_errors=True)
+
+  @property
+  def protected_step(self) -> int | None:
+    """The pinned best step this trainer keeps (None: none, or read-only)."""
+    return None if self.read_only else self._pin.step
+
+  def protected(self) -> dict[str, Any] | None:
+    """The pin file: ``{"step", "info", "pinned_at"}``, or None."""
+    return read_pin(self.pin_path)
+
+  def protect(self, step: int, info: dict[str, Any] | None = None) -> None:
+    """Pins complete step ``step`` as the run's best (trainer only).
+
+    From the next save on, retention keeps it whatever ``keep_last`` and
+    ``keep_every`` say, and releases the previously pinned step. The pin
+    file (with the JSON-safe ``info``) survives resumes.
+    """
+    if self.read_only:
+      raise PermissionError(f"Checkpointer on {self.directory} is read-only")
+    if step not in self.retained_steps():
+      raise ValueError(f"cannot keep step {step} as the best: not a complete"
+                       f" checkpoint in {self.directory} (or being deleted)")
+    write_pin(self.pin_path, step, info or {})
+    self._pin.step = step
+
+  def retained_steps(self) -> list[int]:
+    """Complete steps that retention has not released (a released one can
+    be on disk while Orbax deletes it in the background); trainer only."""
+    listed = set(self._mngr.all_steps())
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", UserWarning)  # steps being deleted
+      return [s for s in self.all_steps() if s in listed]
 
   def set_aside(self, step: int) -> Path:
     """Renames step dir ``step`` to ``<step>.corrupt-<time>``; returns it.

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from metatrain.distributed import checkpoints, learner
+from metatrain.distributed import checkpoint_pin, checkpoints, learner
 from metatrain.distributed.workdir import Workdir
 from metatrain.distributed.worker import UnrollWorker, actor_options
 from metatrain.optimizer import hrnn
@@ -230,7 +230,8 @@ class _TB:
     self.w.close()
 
 
-def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
+def run(cfg: TrainConfig, args, evaluator_pool=None,
+        best_checkpoint: checkpoint_pin.Pick | None = None) -> int:
   """Runs meta-training (distributed, or in one process); returns a process
   exit code.
 
@@ -239,6 +240,9 @@ def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
   ``evaluator_pool``: the class that runs ``cfg.evaluator.count``
   evaluator actors beside training (``evaluators.actor.EvaluatorPool``,
   passed in by the command line: evaluators is a layer above this one).
+  ``best_checkpoint``: chooses the best fully evaluated step among those
+  on disk (``evaluators.best.BestCheckpoint``); before each save that step
+  is pinned, so retention keeps it (``checkpoint_pin.keep_best``).
   """
   workdir = args.workdir
   local = args.workers == 0
@@ -336,7 +340,22 @@ def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
     _log(f"lopt train: {cfg.evaluator.count} evaluator(s) on suite "
          f"{cfg.evaluator.suite}; records in {Workdir(workdir).records}")
 
+  def keep_best() -> None:
+    if best_checkpoint is None:
+      return
+    try:
+      step = checkpoint_pin.keep_best(ckpt, best_checkpoint)
+    except Exception as e:  # pylint: disable=broad-except
+      _log(f"lopt: warning: could not keep the best evaluated checkpoint "
+           f"({type(e).__name__}: {e}); retention goes on without it")
+      return
+    if step is not None:
+      _log(f"lopt train: step {step} is the best evaluated checkpoint so "
+           "far; kept whatever the retention")
+
   def save(st: learner.LearnerState, force: bool = False) -> None:
+    if force or st.step % cfg.learner.save_every == 0:
+      keep_best()
     ckpt.save(st.step, theta=st.theta, opt_state=st.opt_state,
               counters=st.counters, rng_state=rng.bit_generator.state,
               config=cfg_dict, force=force)
@@ -386,6 +405,7 @@ def run(cfg: TrainConfig, args, evaluator_pool=None) -> int:
     if evals is not None and not stop["flag"]:
       evals.finish(state.step, cfg.evaluator.final_timeout_s,
                    should_stop=lambda: stop["flag"])
+      keep_best()  # the pin a resumed run keeps, now with the final step
       sync_session_counters(state)
   except checkpoints.CheckpointSaveError:
     save_failed = True

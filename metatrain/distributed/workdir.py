@@ -2,7 +2,8 @@
 
 ``lopt train`` writes ``config.json``, ``run_info.json`` (one entry per
 session), ``workers.json``, ``counters.json`` (at the end of a session),
-``checkpoints/``, ``tb/`` (TensorBoard; the evaluators' under ``tb/eval``),
+``checkpoints/``, ``best_checkpoint.json`` (the step retention keeps as the
+best), ``tb/`` (TensorBoard; the evaluators' under ``tb/eval``),
 ``lopt.log`` and the ``train.lock``; the evaluators write ``eval/``
 (``records.jsonl``, ``baselines/``).
 """
@@ -41,6 +42,10 @@ class Workdir:
   @property
   def checkpoints(self) -> str:
     return self._join("checkpoints")
+
+  @property
+  def best_checkpoint(self) -> str:
+    return self._join("best_checkpoint.json")
 
   @property
   def tb(self) -> str:
