@@ -22,6 +22,7 @@ terminal too.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -121,6 +122,11 @@ class RunLog:
       pass
 
   def close(self) -> None:
+    # An asyncio task that failed inside a library (Orbax reading a damaged
+    # checkpoint) logs "Task exception was never retrieved" with its
+    # traceback when it is freed: free such tasks now, while that log still
+    # goes to the file, not later to the terminal.
+    gc.collect()
     self.uninstall()
     try:
       self._file.close()

@@ -30,8 +30,9 @@ def _ray_local(ray_session):
 
 
 def test_a_worker_that_raises_once_is_counted_and_the_run_goes_on(
-    ray_local, capsys):
+    ray_local, capsys, tmp_path):
   ray = ray_local
+  rejoined = str(tmp_path / "worker0_rejoined")
 
   @ray.remote(max_restarts=-1, max_task_retries=0)
   class Flaky:
@@ -48,6 +49,15 @@ def test_a_worker_that_raises_once_is_counted_and_the_run_goes_on(
       if self.wid == 0 and self.calls == 2:
         raise GroupError("worker 0 group 1 quadratic(dim=4): "
                          "FloatingPointError: boom")
+      if self.wid == 0 and self.calls == 3:
+        open(rejoined, "w").close()
+      # Worker 1's later calls wait until worker 0 was called again after
+      # raising (a file both actors see): however the machine schedules the
+      # actors, worker 1 cannot deliver every gradient of the run first.
+      deadline = time.monotonic() + 120
+      while (self.wid == 1 and self.calls >= 2 and
+             not os.path.exists(rejoined) and time.monotonic() < deadline):
+        time.sleep(0.01)
       return MetaGrad(self.wid, self.calls, step,
                       {"w": np.ones(3, np.float32)},
                       {"meta_loss": 0.5, "task_steps": 1.0})
