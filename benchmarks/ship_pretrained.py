@@ -58,6 +58,9 @@ def main(argv=None) -> int:
   ap.add_argument("--only-steps", default="",
                   help="comma-separated meta-steps: score only these "
                        "checkpoints of each workdir (default: all)")
+  ap.add_argument("--candidate-file", action="append", default=[],
+                  help="also score this exported .lopt file (e.g. the "
+                  "shipped optimizer, as the bar to beat)")
   ap.add_argument("--dry-run", action="store_true",
                   help="score the candidates, write nothing")
   args = ap.parse_args(argv)
@@ -76,6 +79,9 @@ def main(argv=None) -> int:
                         hrnn.init_theta(jax.random.PRNGKey(0), start_cfg),
                         {"name": "untrained nominal-Adam start"})
   cands = [("start", None, None, watch.file_source(start_path))]
+  for path in args.candidate_file:
+    cands.append((os.path.basename(path), None, None,
+                  watch.file_source(path)))
   for wd in args.workdir:
     with checkpoints.Checkpointer(wd, read_only=True) as ck:
       steps = ck.all_steps()

@@ -327,6 +327,9 @@ class TaskFamily:
       bucket). None: every setting is static (a bucket per config).
     build_bucket_fn: builds a bucket's task from ``Settings`` where that
       differs from ``build_fn`` (the sum's uniform parts).
+    check_fn: raises (naming the fix) where the family cannot be built on
+      this machine, e.g. a missing dataset; an ensemble that samples the
+      family calls it when it is made, before any worker starts.
   """
 
   name: str
@@ -335,6 +338,7 @@ class TaskFamily:
   build_fn: Callable[[TaskConfig], Task]
   bucket_fn: Callable[[TaskConfig], tuple[dict, dict]] | None = None
   build_bucket_fn: Callable[[Settings], Task] | None = None
+  check_fn: Callable[[], None] | None = None
 
   def sample(self, rng: np.random.Generator) -> TaskConfig:
     return TaskConfig(self.name, tuple(self.sample_fn(rng).items()))

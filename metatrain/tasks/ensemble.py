@@ -82,6 +82,9 @@ class Ensemble:
         raise ValueError(f"transform probability {name}={p} not in [0, 1]")
     if sum(w for _, w in self.weights) <= 0:
       raise ValueError("ensemble weights sum to zero")
+    for name, w in self.weights:
+      if w > 0 and FAMILIES[name].check_fn is not None:
+        FAMILIES[name].check_fn()
     object.__setattr__(self, "overrides", tuple(self.overrides))
     for fam in self.overrides:
       if fam.name not in FAMILIES:

@@ -8,6 +8,7 @@ import functools
 from metatrain.tasks.base import Task, TaskConfig, TaskFamily
 from metatrain.tasks.classification import LOGISTIC, MLP
 from metatrain.tasks.functions2d import FN2D
+from metatrain.tasks.images import IMAGE_CONV, IMAGE_MLP
 from metatrain.tasks.matmul import MATMUL
 from metatrain.tasks.norm import NORM
 from metatrain.tasks.quadratic import (BOWL, LARGE_QUADRATIC, QUADRATIC,
@@ -16,7 +17,7 @@ from metatrain.tasks.transforms import TRANSFORMS, make_sum_family
 
 FAMILIES: dict[str, TaskFamily] = {
     f.name: f for f in (QUADRATIC, LARGE_QUADRATIC, BOWL, SPARSE_BOWL, FN2D,
-                        NORM, LOGISTIC, MLP, MATMUL)}
+                        NORM, LOGISTIC, MLP, MATMUL, IMAGE_MLP, IMAGE_CONV)}
 # The cheap families a sum draws its parts from.
 SUM_PART_FAMILIES = ("bowl", "fn2d", "norm", "quadratic")
 

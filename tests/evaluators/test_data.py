@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from evaluators import data
+from metatrain import datasets
 
 
 def _write_idx(path, array, gz=True):
@@ -21,7 +22,7 @@ def _fake_fmnist_dir(tmp_path, n=12, truncate=False):
   d = tmp_path / "fmnist"
   d.mkdir()
   rng = np.random.default_rng(0)
-  for split, (img, lab) in data._FMNIST_FILES.items():  # pylint: disable=protected-access
+  for split, (img, lab) in datasets._FMNIST_FILES.items():  # pylint: disable=protected-access
     _write_idx(str(d / (img + ".gz")),
                rng.integers(0, 256, (n, 28, 28)))
     _write_idx(str(d / (lab + ".gz")), rng.integers(0, 10, (n,)))
@@ -56,7 +57,7 @@ def test_a_truncated_idx_file_is_an_error_naming_the_file(tmp_path,
 def test_missing_fashion_mnist_names_the_install_command(tmp_path,
                                                          monkeypatch):
   monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path))
-  monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", str(tmp_path / "none"))
+  monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", str(tmp_path / "none"))
   with pytest.raises(FileNotFoundError,
                      match="apt-get install dataset-fashion-mnist"):
     data.fashion_mnist_arrays("test", data_dir=str(tmp_path / "tfds"))

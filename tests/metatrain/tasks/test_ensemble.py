@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(tasks.__file__))))
 EXPECTED_FAMILIES = {"quadratic", "large_quadratic", "bowl", "sparse_bowl",
                      "fn2d", "norm", "logistic", "mlp", "matmul_algorithm",
-                     "sum"}
+                     "sum", "image_mlp", "image_conv"}
 EXPECTED_TRANSFORMS = {"rescale", "param_scale", "log_objective",
                        "gradient_noise", "sparse"}
 # The held-out TEST tasks, fixed before norm, sparse_bowl, param_scale and

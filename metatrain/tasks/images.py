@@ -1,0 +1,202 @@
+"""Classifiers on real small images: ReLU/GELU MLPs and tiny ConvNets.
+
+The images are Fashion-MNIST's *train* split, cropped to 24x24 and
+average-pooled 3x3 to 8x8, then standardized: ``POOL`` of them, fixed. Each
+instance draws ``NUM_SAMPLES`` images (with replacement) and maps the ten
+classes onto ``classes`` labels by a random permutation modulo ``classes``
+(2, 5 or 10-way problems); the network has ten outputs either way. The
+evaluators' Fashion-MNIST tasks are 28x28 with other models, and their
+digits tasks another dataset: docs/architecture.md says what is shared.
+
+Buckets: an MLP's hidden layers pad to ``WIDTH_PAD`` units (one program
+per depth), a ConvNet's channels are static (one per width); activation,
+widths, batch size and classes are dynamic hyperparameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metatrain import datasets
+from metatrain.tasks.base import (L2_SCALE, FnTask, TaskFamily, choice,
+                                  l2_penalty, normal_tree, pad_mask, prefix)
+
+POOL = 4000  # images kept (1 MB of constants in each program)
+SIDE = 8
+NUM_SAMPLES = 512  # per instance; the full-batch loss is over these
+BATCH_SIZES = (32, 64, 128)
+CLASSES = (2, 5, 10)
+ACTIVATIONS = ("relu", "gelu")  # a bucket's ``act`` indexes these
+WIDTHS = (16, 32, 64)
+WIDTH_PAD = 64
+CHANNELS = (8, 16)
+
+
+@functools.lru_cache(maxsize=1)
+def pool_images() -> tuple[np.ndarray, np.ndarray]:
+  """``(images [POOL, 8, 8] float32, labels [POOL] int32)``."""
+  a = datasets.fashion_mnist_arrays("train")
+  x = a["image"][:POOL, 2:26, 2:26, 0].reshape(POOL, SIDE, 3, SIDE, 3)
+  x = x.mean(axis=(2, 4))
+  x = (x - x.mean()) / x.std()
+  return x.astype(np.float32), a["label"][:POOL].astype(np.int32)
+
+
+def _check_data() -> None:
+  try:
+    pool_images()
+  except (FileNotFoundError, ValueError) as e:
+    raise ValueError(f"the image_mlp/image_conv task families need "
+                     f"Fashion-MNIST: {e} (or drop them from "
+                     "tasks.weights)") from None
+
+
+def _sample_data(key, classes):
+  """An instance's images and labels (classes grouped modulo ``classes``)."""
+  images, labels = pool_images()
+  ki, kp = jax.random.split(key)
+  idx = jax.random.randint(ki, (NUM_SAMPLES,), 0, POOL)
+  perm = jax.random.permutation(kp, 10)
+  return {"x": jnp.asarray(images)[idx],
+          "y": perm[jnp.asarray(labels)[idx]] % classes}
+
+
+def _act(cfg):
+  act = cfg.get("act")
+  is_gelu = (act == "gelu") if isinstance(act, str) else (
+      act == ACTIVATIONS.index("gelu"))
+  return lambda h: jnp.where(is_gelu, jax.nn.gelu(h), jax.nn.relu(h))
+
+
+def _xent(logits, y, weights):
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  if weights is None:
+    return jnp.mean(ce)
+  return jnp.sum(weights * ce) / jnp.sum(weights)
+
+
+def _fn_task(cfg, init_params, forward, masks=None) -> FnTask:
+  """The task: softmax cross-entropy of ``forward`` plus the L2 penalty of
+  the real (unpadded) weights; minibatches as the padded MLPs draw them."""
+  batch = cfg.get("batch")
+  pad_batch = cfg.get("pad_batch", batch)
+
+  def init(key):
+    kd, kp = jax.random.split(key)
+    return init_params(kp), _sample_data(kd, cfg.get("classes"))
+
+  def objective(p, x, y, weights=None):
+    real = p if masks is None else jax.tree_util.tree_map(
+        lambda w, m: w * m, p, masks)
+    return _xent(forward(p, x), y, weights) + L2_SCALE * l2_penalty(real)
+
+  def loss(p, d, key):
+    weights = pad_mask(batch, pad_batch)
+    n = batch if weights is None else pad_batch
+    idx = jax.random.randint(key, (n,), 0, NUM_SAMPLES)
+    return objective(p, d["x"][idx], d["y"][idx], weights)
+
+  return FnTask(cfg, init, loss, lambda p, d: objective(p, d["x"], d["y"]))
+
+
+def _build_mlp(cfg) -> FnTask:
+  """An MLP on the flattened 8x8 images; hidden layers padded (masked)."""
+  hidden = cfg.get("hidden")
+  pads = tuple(cfg.get("pad_hidden") or hidden)
+  sizes = (SIDE * SIDE,) + pads + (10,)
+  n = len(sizes) - 1
+  units = [jnp.ones((sizes[0],))] + [prefix(hidden[i], s)
+                                     for i, s in enumerate(pads)]
+  units.append(jnp.ones((10,)))
+  fan_in = [SIDE * SIDE] + [hidden[i] for i in range(len(pads))]
+  masks = {}
+  for i in range(n):
+    masks[f"w{i}"] = units[i][:, None] * units[i + 1][None, :]
+    masks[f"b{i}"] = units[i + 1]
+  act = _act(cfg)
+
+  def init_params(key):
+    z = normal_tree(key, {f"w{i}": (sizes[i], sizes[i + 1])
+                          for i in range(n)})
+    p = {}
+    for i in range(n):
+      scale = jnp.sqrt(2.0 / jnp.asarray(fan_in[i], jnp.float32))
+      p[f"w{i}"] = scale * z[f"w{i}"] * masks[f"w{i}"]
+      p[f"b{i}"] = jnp.zeros((sizes[i + 1],))
+    return p
+
+  def forward(p, x):
+    h = x.reshape(x.shape[0], -1)
+    for i in range(n):
+      h = h @ p[f"w{i}"] + p[f"b{i}"]
+      if i < n - 1:
+        h = act(h) * units[i + 1]
+    return h
+
+  return _fn_task(cfg, init_params, forward, masks)
+
+
+def _conv(x, w, b):
+  return jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+
+
+def _build_conv(cfg) -> FnTask:
+  """conv3x3(c) - act - 2x2 mean pool - conv3x3(2c) - act - global mean -
+  dense(10)."""
+  c = cfg.get("channels")
+  shapes = {"c0": (3, 3, 1, c), "c1": (3, 3, c, 2 * c), "w": (2 * c, 10)}
+  fan_in = {"c0": 9, "c1": 9 * c, "w": 2 * c}
+  act = _act(cfg)
+
+  def init_params(key):
+    z = normal_tree(key, shapes)
+    p = {k: math.sqrt(2.0 / fan_in[k]) * z[k] for k in shapes}
+    p.update(b0=jnp.zeros((c,)), b1=jnp.zeros((2 * c,)), b=jnp.zeros((10,)))
+    return p
+
+  def forward(p, x):
+    h = act(_conv(x[..., None], p["c0"], p["b0"]))
+    h = h.reshape(h.shape[0], SIDE // 2, 2, SIDE // 2, 2, c).mean((2, 4))
+    h = act(_conv(h, p["c1"], p["b1"])).mean((1, 2))
+    return h @ p["w"] + p["b"]
+
+  return _fn_task(cfg, init_params, forward)
+
+
+def _common(rng):
+  return {"act": choice(rng, ACTIVATIONS), "batch": choice(rng, BATCH_SIZES),
+          "classes": choice(rng, CLASSES)}
+
+
+def _dynamic(c):
+  return {"act": ACTIVATIONS.index(c.get("act")), "batch": c.get("batch"),
+          "classes": c.get("classes")}
+
+
+IMAGE_MLP = TaskFamily(
+    "image_mlp", "ReLU/GELU MLP (1-2 hidden layers of 16-64) on 8x8 "
+    "Fashion-MNIST (train split), 2/5/10 classes, batch 32-128",
+    lambda rng: {"hidden": tuple(choice(rng, WIDTHS) for _ in range(
+        int(rng.integers(1, 3)))), **_common(rng)},
+    _build_mlp,
+    bucket_fn=lambda c: (
+        {"pad_hidden": (WIDTH_PAD,) * len(c.get("hidden")),
+         "pad_batch": max(BATCH_SIZES)},
+        {"hidden": tuple(c.get("hidden")), **_dynamic(c)}),
+    check_fn=_check_data)
+
+IMAGE_CONV = TaskFamily(
+    "image_conv", "ReLU/GELU 2-layer ConvNet (8 or 16 channels) on 8x8 "
+    "Fashion-MNIST (train split), 2/5/10 classes, batch 32-128",
+    lambda rng: {"channels": choice(rng, CHANNELS), **_common(rng)},
+    _build_conv,
+    bucket_fn=lambda c: ({"channels": c.get("channels"),
+                          "pad_batch": max(BATCH_SIZES)}, _dynamic(c)),
+    check_fn=_check_data)

@@ -1,0 +1,104 @@
+"""The image families: real Fashion-MNIST 8x8, padded buckets exact."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from metatrain import datasets
+from metatrain.tasks import buckets, images
+from metatrain.tasks.base import TaskConfig
+from metatrain.tasks.ensemble import Ensemble
+from metatrain.tasks.registry import build_task
+
+
+def _config(family, **kw):
+  return TaskConfig(family, tuple(kw.items()))
+
+
+def test_the_pool_is_fashion_mnist_train_at_8x8():
+  x, y = images.pool_images()
+  full = datasets.fashion_mnist_arrays("train")
+  assert x.shape == (images.POOL, 8, 8) and y.shape == (images.POOL,)
+  np.testing.assert_array_equal(y, full["label"][:images.POOL])
+  block = full["image"][0, 2:5, 2:5, 0].mean()  # the first 3x3 block
+  raw = full["image"][:images.POOL, 2:26, 2:26, 0].reshape(
+      images.POOL, 8, 3, 8, 3).mean((2, 4))
+  np.testing.assert_allclose(x[0, 0, 0], (block - raw.mean()) / raw.std(),
+                             rtol=1e-4)
+  assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-4
+
+
+def test_labels_are_grouped_into_the_sampled_classes():
+  task = build_task(_config("image_mlp", hidden=(16,), act="relu", batch=32,
+                            classes=2))
+  _, d = task.init(jax.random.PRNGKey(3))
+  assert set(np.unique(np.asarray(d["y"]))) == {0, 1}
+
+
+def test_a_padded_mlp_bucket_has_the_exact_loss_and_zero_padded_grads():
+  cfg = _config("image_mlp", hidden=(16, 32), act="gelu", batch=32,
+                classes=5)
+  exact = build_task(cfg)
+  bucket, hp = buckets.split(cfg)
+  assert dict(bucket.params)["pad_hidden"] == (64, 64)
+  padded = buckets.make_task(bucket, hp)
+  p, d = exact.init(jax.random.PRNGKey(0))
+  pp, dp = padded.init(jax.random.PRNGKey(0))
+  # The same instance data; the bucket adds its (off) transforms' data.
+  np.testing.assert_array_equal(dp["task"]["x"], d["x"])
+  # The exact parameters, zero-padded into the bucket's shapes.
+  emb = jax.tree.map(
+      lambda small, big: jnp.zeros_like(big).at[
+          tuple(slice(0, s) for s in small.shape)].set(small), p, pp)
+  np.testing.assert_allclose(padded.full_loss(emb, dp),
+                             exact.full_loss(p, d), rtol=1e-5)
+  g = jax.grad(padded.loss)(emb, dp, jax.random.PRNGKey(1))
+  ge = jax.grad(exact.loss)(p, d, jax.random.PRNGKey(1))
+  np.testing.assert_allclose(g["w1"][16:], 0.0)
+  np.testing.assert_allclose(g["w1"][:, 32:], 0.0)
+  np.testing.assert_allclose(g["w0"][:, :16], ge["w0"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family,kw", [
+    ("image_mlp", {"hidden": (32,)}), ("image_conv", {"channels": 8})])
+def test_adam_trains_each_family(family, kw):
+  cfg = _config(family, act="relu", batch=64, classes=10, **kw)
+  bucket, hp = buckets.split(cfg)
+  task = buckets.make_task(bucket, hp)
+  p, d = task.init(jax.random.PRNGKey(0))
+  opt = optax.adam(3e-3)
+  s = opt.init(p)
+
+  @jax.jit
+  def step(p, s, k):
+    u, s = opt.update(jax.grad(task.loss)(p, d, k), s, p)
+    return optax.apply_updates(p, u), s
+
+  f0 = float(task.full_loss(p, d))
+  for k in range(150):
+    p, s = step(p, s, jax.random.PRNGKey(k))
+  assert float(task.full_loss(p, d)) < 0.5 * f0
+
+
+def test_an_ensemble_without_fashion_mnist_says_how_to_get_it(tmp_path,
+                                                            monkeypatch):
+  monkeypatch.setenv(datasets.FASHION_MNIST_ENV, str(tmp_path))
+  monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", str(tmp_path / "no"))
+  monkeypatch.setattr(datasets, "_tfds_fashion_mnist", _missing)
+  images.pool_images.cache_clear()
+  datasets.fashion_mnist_arrays.cache_clear()
+  try:
+    with pytest.raises(ValueError, match="apt-get install dataset-fashion"):
+      Ensemble((("quadratic", 1.0), ("image_conv", 1.0)))
+    Ensemble((("quadratic", 1.0), ("image_conv", 0.0)))  # not sampled: fine
+  finally:
+    images.pool_images.cache_clear()
+    datasets.fashion_mnist_arrays.cache_clear()
+
+
+def _missing(split, data_dir, dirs):
+  del split, data_dir
+  raise FileNotFoundError(f"Fashion-MNIST not found in {dirs}: `sudo "
+                          "apt-get install dataset-fashion-mnist`")
