@@ -148,24 +148,37 @@ def default_ensemble(include_mlps: bool = True) -> Ensemble:
   return Ensemble(tuple(weights))
 
 
+# The neural-network families: ``include_mlps=False`` leaves them out.
+NET_FAMILIES = ("mlp", "image_mlp", "image_conv")
+
+
 def ensemble_for(include_mlps: bool = True,
                  families: tuple[str, ...] = (),
                  weights: dict[str, float] | None = None) -> Ensemble:
   """The default ensemble, or equal weights over ``families`` if given.
 
-  ``weights`` then replaces the weights of single families of that mix
-  (0 drops one). It never adds a family: ``include_mlps`` and ``families``
-  choose the families, so a preset's weights still hold under
-  ``--no-mlps``. The transforms stay the default ones.
+  ``weights`` then sets the weights of single families (0 drops one). On
+  the default mix it may add families (``image_mlp=2``), but never a
+  network family under ``include_mlps=False``, so a preset's weights still
+  hold under ``--no-mlps``. With ``families`` given, a weight for a family
+  not listed is an error. The transforms stay the default ones.
   """
   if families:
     base = Ensemble(tuple((f, 1.0) for f in families))
+    extra = sorted(set(weights or {}) - set(families))
+    if extra:
+      raise ValueError(f"tasks.weights: {', '.join(extra)} not in "
+                       f"tasks.families ({', '.join(families)})")
   else:
     base = default_ensemble(include_mlps)
   if not weights:
     return base
-  kept = tuple((n, weights.get(n, w)) for n, w in base.weights
-               if weights.get(n, w) > 0)
+  names = [n for n, _ in base.weights]
+  names += [n for n in weights if n not in names and
+            (include_mlps or n not in NET_FAMILIES)]
+  base_w = dict(base.weights)
+  kept = tuple((n, weights.get(n, base_w.get(n, 0.0))) for n in names
+               if weights.get(n, base_w.get(n, 0.0)) > 0)
   if not kept:
     raise ValueError("tasks.weights: every family has weight 0")
   return dataclasses.replace(base, weights=kept)
