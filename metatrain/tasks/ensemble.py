@@ -176,9 +176,8 @@ def ensemble_for(include_mlps: bool = True,
   names = [n for n, _ in base.weights]
   names += [n for n in weights if n not in names and
             (include_mlps or n not in NET_FAMILIES)]
-  base_w = dict(base.weights)
-  kept = tuple((n, weights.get(n, base_w.get(n, 0.0))) for n in names
-               if weights.get(n, base_w.get(n, 0.0)) > 0)
+  merged = {**dict(base.weights), **weights}
+  kept = tuple((n, merged[n]) for n in names if merged[n] > 0)
   if not kept:
     raise ValueError("tasks.weights: every family has weight 0")
   return dataclasses.replace(base, weights=kept)

@@ -218,46 +218,45 @@ class TrainConfig:
   stall_timeout_s: float = 900.0
 
 
+def _merge(base: dict, over: dict) -> dict:
+  out = dict(base)
+  for k, v in over.items():
+    out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(
+        out.get(k), dict) else v
+  return out
+
+
+# The recipe of the shipped hrnn-v1 (benchmarks/runs.md, run pes8): PES
+# meta-gradients, Adam 1e-3 on theta, the step-size head 10x faster, an
+# ensemble weighted towards neural networks (55% mlp, logistic and
+# matmul_algorithm), a checkpoint every 10 steps (the 1000-step validation
+# peak is narrow and early, ~40 steps; checkpoints are ~0.3 MB; `lopt export
+# --best`).
+_DEFAULT = {"meta_grad": {"estimator": "pes"},
+            "meta_opt": {"learning_rate": 1e-3},
+            "hrnn": {"lr_head_gain": 10.0},
+            "tasks": {"weights": ["mlp=3", "logistic=3",
+                                  "matmul_algorithm=1.5", "fn2d=1",
+                                  "quadratic=1.5", "bowl=1"]},
+            "learner": {"save_every": 10, "keep_every": 10}}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # The recipe of the shipped hrnn-v1 (benchmarks/runs.md, run pes8): PES
-    # meta-gradients, Adam 1e-3 on theta, the step-size head 10x faster, an
-    # ensemble weighted towards neural networks (55% mlp, logistic and
-    # matmul_algorithm), a checkpoint every 10 steps (the 1000-step
-    # validation peak is narrow and early, ~40 steps; checkpoints are
-    # ~0.3 MB; `lopt export --best`).
-    "default": {"meta_grad": {"estimator": "pes"},
-                "meta_opt": {"learning_rate": 1e-3},
-                "hrnn": {"lr_head_gain": 10.0},
-                "tasks": {"weights": ["mlp=3", "logistic=3",
-                                      "matmul_algorithm=1.5", "fn2d=1",
-                                      "quadratic=1.5", "bowl=1"]},
-                "learner": {"save_every": 10, "keep_every": 10}},
+    "default": _DEFAULT,
     # Issue 23's first candidate (run B_v2 in benchmarks/runs.md): the user
     # sets the global step (the optimizer's step has Adam's RMS at the
     # user's rate, which each task draws log-uniform over half a decade
     # either side of 1e-3, the default), tasks live 100 to 2,000 steps
     # (log-uniform) and start at random offsets. Lost to "default" at equal
     # budget (300 meta-steps) on validation: kept to reproduce that run.
-    "fixed_step": {"meta_grad": {"estimator": "pes"},
-                   "meta_opt": {"learning_rate": 1e-3},
-                   "hrnn": {"lr_head_gain": 10.0, "global_step": "fixed"},
-                   "unroll": {"lr_range": [3e-4, 3e-3],
-                              "task_steps_range": [100.0, 2000.0]},
-                   "tasks": {"weights": ["mlp=3", "logistic=3",
-                                         "matmul_algorithm=1.5", "fn2d=1",
-                                         "quadratic=1.5", "bowl=1"]},
-                   "learner": {"save_every": 10, "keep_every": 10}},
+    "fixed_step": _merge(_DEFAULT, {
+        "hrnn": {"global_step": "fixed"},
+        "unroll": {"lr_range": [3e-4, 3e-3],
+                   "task_steps_range": [100.0, 2000.0]}}),
     # The default preset plus the real-image families (ReLU/GELU MLPs and
     # tiny ConvNets on 8x8 Fashion-MNIST, metatrain.tasks.images; needs the
-    # dataset). Otherwise the default preset.
-    "v2": {"meta_grad": {"estimator": "pes"},
-           "meta_opt": {"learning_rate": 1e-3},
-           "hrnn": {"lr_head_gain": 10.0},
-           "tasks": {"weights": ["mlp=3", "logistic=3",
-                                 "matmul_algorithm=1.5", "fn2d=1",
-                                 "quadratic=1.5", "bowl=1", "image_mlp=2",
-                                 "image_conv=1.5"]},
-           "learner": {"save_every": 10, "keep_every": 10}},
+    # dataset).
+    "v2": _merge(_DEFAULT, {"tasks": {"weights": [
+        *_DEFAULT["tasks"]["weights"], "image_mlp=2", "image_conv=1.5"]}}),
     # Small enough for tests and smoke runs: a few seconds per meta-step.
     "tiny": {"unroll": {"tasks_per_group": 2, "min_steps": 10,
                         "max_steps": 10,
@@ -276,14 +275,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def to_dict(cfg) -> dict[str, Any]:
   return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def _merge(base: dict, over: dict) -> dict:
-  out = dict(base)
-  for k, v in over.items():
-    out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(
-        out.get(k), dict) else v
-  return out
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
