@@ -159,23 +159,21 @@ def ensemble_for(include_mlps: bool = True,
 
   ``weights`` then sets the weights of single families (0 drops one). On
   the default mix it may add families (``image_mlp=2``), but never a
-  network family under ``include_mlps=False``, so a preset's weights still
-  hold under ``--no-mlps``. With ``families`` given, a weight for a family
-  not listed is an error. The transforms stay the default ones.
+  network family under ``include_mlps=False``. With ``families`` given, it
+  only reweights those. So a preset's weights still hold under
+  ``--no-mlps`` or a ``tasks.families`` list. The transforms stay the
+  default ones.
   """
   if families:
     base = Ensemble(tuple((f, 1.0) for f in families))
-    extra = sorted(set(weights or {}) - set(families))
-    if extra:
-      raise ValueError(f"tasks.weights: {', '.join(extra)} not in "
-                       f"tasks.families ({', '.join(families)})")
   else:
     base = default_ensemble(include_mlps)
   if not weights:
     return base
   names = [n for n, _ in base.weights]
-  names += [n for n in weights if n not in names and
-            (include_mlps or n not in NET_FAMILIES)]
+  if not families:
+    names += [n for n in weights if n not in names and
+              (include_mlps or n not in NET_FAMILIES)]
   merged = {**dict(base.weights), **weights}
   kept = tuple((n, merged[n]) for n in names if merged[n] > 0)
   if not kept:
