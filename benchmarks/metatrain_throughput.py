@@ -209,8 +209,11 @@ def profile(args) -> None:
   groups = [meta_step.TaskGroup.sample(rng, ens, cfg, theta)
             for _ in range(cfg.tasks.num_groups)]
   secs, calls, steps = (collections.Counter() for _ in range(3))
+  # Runs for ``--seconds``, and on until every group made a warm call: on a
+  # slow machine the first calls may all compile, and a rate needs warm ones.
   t_end, other = time.time() + args.seconds, 0.0
-  while time.time() < t_end:
+  warm: set[int] = set()
+  while time.time() < t_end or len(warm) < len(groups):
     for i, g in enumerate(groups):
       if g.age >= cfg.tasks.resample_every:
         groups[i] = g = meta_step.TaskGroup.sample(rng, ens, cfg, theta)
@@ -221,6 +224,7 @@ def profile(args) -> None:
       if programs.compile_counts() != before:  # compiled or loaded
         other += dt
         continue
+      warm.add(i)
       fam = g.bucket.family
       secs[fam] += dt
       calls[fam] += 1
