@@ -13,7 +13,9 @@ test tasks) for ``--steps`` inner steps, a longer horizon than meta-training's
 truncations and than the suite's default 200, since a learned optimizer that
 wins early and grows its steps late must not be picked. The one with the
 lowest geometric mean over tasks of (mean final loss / the best tuned
-baseline's) wins; a diverged task makes a candidate's score infinite. The
+baseline's), at the candidate's default rate and at its rate tuned per
+task over the suite's grid (``records.selection_score``: the geometric mean
+of the two), wins; a diverged task makes a candidate's score infinite. The
 winner is written to ``metatrain/pretrained/NAME.lopt``; its metadata is
 ``lopt export``'s (training config, command, hardware, meta-training time)
 plus the selection (rule, every candidate's score) and ``--note``. If the
@@ -38,6 +40,10 @@ from evaluators import records, suites, watch  # noqa: E402
 from infra.commands import export as export_cmd  # noqa: E402
 from metatrain.distributed import checkpoints
 from metatrain.optimizer import export, hrnn
+
+
+def _g(v) -> str:
+  return "diverged" if v is None or not math.isfinite(v) else f"{v:.4g}"
 
 
 def _score(select_dir, suite, source):
@@ -94,19 +100,28 @@ def main(argv=None) -> int:
       src = dataclasses.replace(src, id=f"{run}:{step}")
       cands.append((f"{run}@{step}", wd, step, src))
   scored = []
+
+  def num(v):
+    return v if v is not None and math.isfinite(v) else None
+
   for label, wd, step, src in cands:
     s, _ = _score(args.select_dir, suite, src)
-    geo = s["geomean_ratio"]
-    geo = math.inf if geo is None or not math.isfinite(geo) else geo
-    scored.append({"candidate": label,
-                   "geomean_ratio": geo if math.isfinite(geo) else None,
-                   "wins": s["wins"], "tasks": s["tasks"],
+    scored.append({"candidate": label, "selection": num(s["selection"]),
+                   "geomean_ratio": num(s["geomean_ratio"]),
+                   "geomean_tuned": num(s["geomean_tuned"]),
+                   "geomean_default": num(s["geomean_default"]),
+                   "wins": s["wins"], "wins_tuned": s["wins_tuned"],
+                   "wins_default": s["wins_default"], "tasks": s["tasks"],
                    "diverged": s["diverged"]})
-    print(f"{label}: validation geomean ratio {geo:.4g}, wins "
-          f"{s['wins']}/{s['tasks']}, diverged {s['diverged']}", flush=True)
+    n = s["tasks"]
+    print(f"{label}: selection {_g(s['selection'])}; untuned vs tuned "
+          f"{_g(s['geomean_ratio'])} ({s['wins']}/{n} wins), tuned vs tuned "
+          f"{_g(s['geomean_tuned'])} ({s['wins_tuned']}/{n}), default vs "
+          f"default {_g(s['geomean_default'])} ({s['wins_default']}/{n}); "
+          f"diverged {s['diverged']}", flush=True)
   best = min(range(len(cands)), key=lambda i: (
-      math.inf if scored[i]["geomean_ratio"] is None
-      else scored[i]["geomean_ratio"]))
+      math.inf if scored[i]["selection"] is None
+      else scored[i]["selection"]))
   label, wd, step, src = cands[best]
   print(f"chosen: {label}")
   if args.dry_run:
@@ -124,9 +139,13 @@ def main(argv=None) -> int:
   meta.update(name=args.name, note=args.note, selection={
       "split": "validation", "suite": "validation", "inner_steps": args.steps,
       "seeds": args.seeds,
-      "rule": ("lowest geometric mean over the validation tasks of the "
-               "mean final loss over the best tuned baseline's (Adam, "
-               "RMSProp, SGD-M over 7 learning rates each); diverged = inf"),
+      "rule": ("lowest selection score (evaluators.records."
+               "selection_score): the geometric mean of two geometric "
+               "means over the validation tasks of the mean final loss "
+               "over the best tuned baseline's (Adam, RMSProp, SGD-M over "
+               "7 learning rates each), the learned optimizer at its "
+               "default rate and at its rate tuned over the same grid as "
+               "Adam's; diverged = inf"),
       "chosen": label, "candidates": scored})
   export.save_optimizer(tmp, config, theta, json.loads(json.dumps(meta)))
   os.replace(tmp, out)

@@ -18,11 +18,15 @@ baseline), ``imagenet`` (short ResNet V2 / Inception V3 runs; needs a
 prepared imagenet2012 and, in practice, an accelerator).
 
 For each task it reports the learned optimizer's mean final loss over seeds
-and mean loss over training against: each baseline at its best learning rate
-for that task (``adam*``, ``rmsprop*``, ``sgdm*``), the best of the three,
-each baseline at one global best learning rate for the part, and Adam at its
-default 1e-3. Then win rates and divergences. A diverged run's loss is inf:
-it loses every comparison.
+and mean loss over training, at its default rate (``learned``) and at its
+rate tuned per task over the suite's ``learned_lrs`` (``learned*``), against:
+each baseline at its best learning rate for that task (``adam*``,
+``rmsprop*``, ``sgdm*``), the best of the three, each baseline at one global
+best learning rate for the part, and Adam at its default 1e-3. Each part
+opens with the three comparisons: default vs default (learned vs Adam
+1e-3), tuned vs tuned (learned* vs the best tuned baseline) and untuned vs
+tuned (learned vs the best tuned baseline); then win rates and divergences.
+A diverged run's loss is inf: it loses every comparison.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ PARTS = {
 }
 TIE = 1e-3  # relative: closer than this is a tie, not a win
 SMOKE = ["steps=20", "eval_every=0", "seeds=1", 'adam_lrs=[0.001,0.01]',
-         'rmsprop_lrs=[0.001]', 'sgdm_lrs=[0.1]']
+         'rmsprop_lrs=[0.001]', 'sgdm_lrs=[0.1]', 'learned_lrs=[0.001,0.01]']
 
 
 def _loss(r) -> float:
@@ -144,21 +148,41 @@ def analyse(recs, suite, source_id) -> dict:
       row["refs"]["best*"] = (tuned[k][0], f"{k[:-1]} {tuned[k][1]:g}",
                               tuned[k][2])
     row["metric_learned"] = _mean_metric(learned, row["metric"])
+    # The learned optimizer's rate swept over the suite's grid, chosen per
+    # task as each baseline's is (suite.learned_lrs).
+    swept = {lr: rs for (o, lr), rs in g.items()
+             if o == "learned" and lr is not None}
+    if swept:
+      lr = min(swept, key=lambda x: _mean(_loss(r) for r in swept[x]))
+      row["learned*"] = (_mean(_loss(r) for r in swept[lr]), lr,
+                         _mean(_mean_train_loss(r) for r in swept[lr]))
+      row["metric_learned*"] = _mean_metric(swept[lr], row["metric"])
     rows.append(row)
   refs = sorted({k for r in rows for k in r["refs"]})
   # A win is a lower loss by more than float noise (the untrained optimizer
   # *is* Adam at 1e-3: equal runs must not count as wins), and two losses
   # below the task's solved floor (records.SOLVED) tie.
-  wins = {k: sum(records.loss_ratio(r["learned"], r["refs"][k][0],
-                                    r["floor"]) < 1 - TIE
-                 for r in rows if k in r["refs"]) for k in refs}
-  ratios = [records.loss_ratio(r["learned"], r["refs"]["best*"][0],
-                               r["floor"])
-            for r in rows if "best*" in r["refs"]]
-  return {"rows": rows, "refs": refs, "wins": wins, "global_lr": global_lr,
-          "tasks": len(rows),
+  def win_count(key):
+    return {k: sum(records.loss_ratio(r[key][0] if key != "learned"
+                                      else r[key], r["refs"][k][0],
+                                      r["floor"]) < 1 - TIE
+                   for r in rows if k in r["refs"] and key in r)
+            for k in refs}
+
+  def geo(key, ref):
+    ratios = [records.loss_ratio(r[key][0] if key != "learned" else r[key],
+                                 r["refs"][ref][0], r["floor"])
+              for r in rows if ref in r["refs"] and key in r]
+    return records.geomean(ratios) if len(ratios) == len(rows) else math.nan
+
+  tuned_rows = sum("learned*" in r for r in rows)
+  return {"rows": rows, "refs": refs, "wins": win_count("learned"),
+          "wins_tuned": win_count("learned*"), "tuned_tasks": tuned_rows,
+          "global_lr": global_lr, "tasks": len(rows),
           "diverged": sum(r["learned_diverged"] > 0 for r in rows),
-          "geomean_vs_best": records.geomean(ratios),
+          "geomean_vs_best": geo("learned", "best*"),
+          "geomean_tuned_vs_best": geo("learned*", "best*"),
+          "geomean_vs_adam_default": geo("learned", "adam 1e-3"),
           "records": recs}
 
 
@@ -177,12 +201,33 @@ def _f(x) -> str:
   return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def headline(a: dict) -> list[str]:
+  """The part's three comparisons, one line each."""
+  n = a["tasks"]
+  w, wt = a["wins"], a["wins_tuned"]
+  out = []
+  if "adam 1e-3" in a["refs"]:
+    out.append(f"- **Default vs default** (learned at its default rate vs "
+               f"Adam 1e-3): wins {w['adam 1e-3']}/{n}, geometric-mean "
+               f"ratio {_f(a['geomean_vs_adam_default'])}.")
+  if a["tuned_tasks"]:
+    out.append(f"- **Tuned vs tuned** (learned rate swept over the suite's "
+               f"grid vs each baseline tuned per task): wins "
+               f"{wt.get('best*', 0)}/{n} vs the best tuned baseline ("
+               f"{wt.get('adam*', 0)}/{n} vs Adam*), geometric-mean ratio "
+               f"{_f(a['geomean_tuned_vs_best'])}.")
+  out.append(f"- **Untuned vs tuned** (learned at its default rate vs the "
+             f"best tuned baseline): wins {w.get('best*', 0)}/{n}, "
+             f"geometric-mean ratio {_f(a['geomean_vs_best'])}.")
+  return out
+
+
 def markdown(part: str, suite, a: dict) -> list[str]:
   cols = ["adam 1e-3", "adam*", "rmsprop*", "sgdm*", "best*"]
   out = [f"### {part}: {suite.name} suite, {suite.steps} steps, "
-         f"{suite.seeds} seed(s)", "",
-         "| task | learned | " + " | ".join(cols) + " |",
-         "|---|---:|" + "---:|" * len(cols)]
+         f"{suite.seeds} seed(s)", "", *headline(a), "",
+         "| task | learned | learned* | " + " | ".join(cols) + " |",
+         "|---|---:|---:|" + "---:|" * len(cols)]
   for r in a["rows"]:
     cells = []
     for c in cols:
@@ -195,7 +240,9 @@ def markdown(part: str, suite, a: dict) -> list[str]:
         cells.append(f"{_f(v[0])} ({v[1]:g})" if not isinstance(v[1], str)
                      else f"{_f(v[0])} ({v[1]})")
     div = f" ({r['learned_diverged']} div.)" if r["learned_diverged"] else ""
-    out.append(f"| {r['task']} | {_f(r['learned'])}{div} | "
+    lt = (f"{_f(r['learned*'][0])} ({r['learned*'][1]:g})"
+          if "learned*" in r else "n/a")
+    out.append(f"| {r['task']} | {_f(r['learned'])}{div} | {lt} | "
                + " | ".join(cells) + " |")
   n = a["tasks"]
   out += ["", "Mean loss over training (learned vs Adam*): " + ", ".join(
@@ -215,9 +262,11 @@ def markdown(part: str, suite, a: dict) -> list[str]:
                  and r["metric"] not in (None, "meta_objective")]
   if metric_rows:
     out.append("")
-    out.append("Held-out metric, learned: " + ", ".join(
-        f"{r['task']} {r['metric']} {_f(r['metric_learned'])}"
-        for r in metric_rows) + ".")
+    out.append("Held-out metric, learned (default rate / tuned rate): "
+               + ", ".join(
+                   f"{r['task']} {r['metric']} {_f(r['metric_learned'])} / "
+                   f"{_f(r.get('metric_learned*'))}" for r in metric_rows)
+               + ".")
   return out + [""]
 
 
@@ -238,6 +287,9 @@ def plot(part: str, a: dict, path: str) -> None:
               x["optimizer"] == opt and
               x["hparams"].get("learning_rate") == lr]
     picks = [("learned", None, "learned", "C3")]
+    if "learned*" in r:
+      picks.append(("learned", r["learned*"][1],
+                    f"learned* {r['learned*'][1]:g}", "C4"))
     for k, color in (("adam*", "C0"), ("rmsprop*", "C1"), ("sgdm*", "C2")):
       if k in r["refs"]:
         picks.append((k[:-1], r["refs"][k][1], f"{k} {r['refs'][k][1]:g}",

@@ -47,12 +47,18 @@ def baseline(name: str, learning_rate: float) -> Optimizer:
                    hparams={"learning_rate": float(learning_rate)})
 
 
-def learned(config: HRNNConfig, theta: hrnn.Theta) -> Optimizer:
-  """The HRNN with meta-parameters ``theta`` (any checkpoint of ``config``
-  shares one compiled program per problem)."""
+def learned(config: HRNNConfig, theta: hrnn.Theta,
+            learning_rate: float | None = None) -> Optimizer:
+  """The HRNN with meta-parameters ``theta`` at ``learning_rate`` (None: its
+  default, ``config.init_lr``). Every checkpoint of ``config`` at every rate
+  shares one compiled program per problem (the rate is traced)."""
+  lr = config.init_lr if learning_rate is None else float(learning_rate)
   return Optimizer(name="learned", family=("hrnn", config),
-                   build=lambda th: hrnn_optax(config, th), args=theta,
-                   hparams={})
+                   build=lambda a: hrnn_optax(config, a["theta"],
+                                              learning_rate=a["lr"]),
+                   args={"theta": theta, "lr": lr},
+                   hparams={} if learning_rate is None
+                   else {"learning_rate": lr})
 
 
 class BaselineCache:

@@ -3,8 +3,9 @@
 ``BestCheckpoint`` is the ``pick`` the trainer gives
 ``checkpoint_pin.keep_best`` at each save, so retention keeps the best step
 (``workdir/best_checkpoint.json``), and the rule ``lopt export --best``
-applies: the lowest geometric-mean ratio to the best tuned baseline
-(``records.best_step``). With the suite of the evaluators that run beside
+applies: the lowest selection score (``records.selection_score``: the
+geometric-mean ratio to the best tuned baseline, untuned and, where the
+suite sweeps the learned rate, tuned; ``records.best_step``). With the suite of the evaluators that run beside
 training, a step counts only once every run of that suite is recorded for
 it (all shards done); without one, once every task it has records of is.
 """
@@ -62,9 +63,14 @@ class BestCheckpoint:
     return self._found
 
   def _info(self, step: int, s: dict[str, Any]) -> dict[str, Any]:
-    geo = s["geomean_ratio"]
+    def num(v):
+      return v if v is not None and math.isfinite(v) else None
     return {"source": f"step:{step}", "suite": self.suite,
             "overrides": self.overrides,
-            "geomean_ratio": geo if math.isfinite(geo) else None,
+            "selection": num(s["selection"]),
+            "geomean_ratio": num(s["geomean_ratio"]),
+            "geomean_tuned": num(s["geomean_tuned"]),
+            "geomean_default": num(s["geomean_default"]),
             "tasks": s["tasks"], "tasks_won": s["wins"],
+            "tasks_won_tuned": s["wins_tuned"],
             "tasks_diverged": s["diverged"]}

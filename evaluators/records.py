@@ -200,14 +200,28 @@ def sources(records: Iterable[dict[str, Any]]) -> list[str]:
 
 def summarize(records: list[dict[str, Any]], source: str
               ) -> list[dict[str, Any]]:
-  """Per task at ``source``: the learned optimizer against tuned baselines.
+  """Per task at ``source``: the learned optimizer against the baselines.
 
-  Each baseline is tuned per task: its learning rate with the lowest mean
-  final loss over seeds. Returns rows with ``task``, ``learned`` (mean
-  final loss), ``learned_diverged`` (seeds), ``baselines`` ({name: (loss,
-  lr)}), ``best`` (name of the best tuned baseline), ``ratio`` (learned /
-  best baseline, both floored at ``solved_floor``; inf when the learned
-  optimizer diverged), ``winner`` and the task's metric for both.
+  Three comparisons (``docs/architecture.md``, "Comparing like with like"):
+
+  * untuned against tuned (``ratio``, ``winner``): the learned optimizer at
+    its default rate (records without a learning rate) against the best
+    baseline, each baseline tuned per task (its learning rate with the
+    lowest mean final loss over seeds);
+  * tuned against tuned (``ratio_tuned``, ``winner_tuned``): the learned
+    optimizer's rate chosen per task the same way, over its own swept
+    records (``SuiteConfig.learned_lrs``), against the same best baseline;
+  * default against default (``ratio_default``, ``winner_default``): the
+    learned optimizer at its default rate against Adam at 1e-3.
+
+  A comparison whose records are missing has a nan ratio and the winner
+  ``"incomplete"`` (the sweep and Adam 1e-3 are optional; the first one is
+  not). Rows also carry ``task``, ``learned`` and ``learned_tuned`` (mean
+  final losses; ``learned_lr`` the chosen rate), ``learned_diverged``
+  (seeds at the default rate), ``baselines`` ({name: (loss, lr)}), ``best``
+  (the best tuned baseline), ``adam_default`` and the task's metric. Ratios
+  floor both losses at ``solved_floor``; a diverged learned optimizer's is
+  inf.
   """
   by_task: dict[str, list] = collections.defaultdict(list)
   for r in records:
@@ -215,24 +229,38 @@ def summarize(records: list[dict[str, Any]], source: str
       by_task[r["task"]].append(r)
   rows = []
   for task, recs in sorted(by_task.items()):
-    learned = [r for r in recs if r["optimizer"] == "learned"]
     groups: dict[tuple, list] = collections.defaultdict(list)
     for r in recs:
-      if r["optimizer"] != "learned":
-        groups[(r["optimizer"], r["hparams"].get("learning_rate"))].append(r)
+      groups[(r["optimizer"], r["hparams"].get("learning_rate"))].append(r)
+    learned = groups.pop(("learned", None), [])
+    swept = {lr: rs for (o, lr), rs in groups.items() if o == "learned"}
     tuned: dict[str, tuple[float, Any, list]] = {}
     for (name, lr), rs in groups.items():
       m = mean_loss(rs)
-      if name not in tuned or m < tuned[name][0]:
+      if name != "learned" and (name not in tuned or m < tuned[name][0]):
         tuned[name] = (m, lr, rs)
     best = min(tuned, key=lambda n: tuned[n][0]) if tuned else None
-    l_loss = mean_loss(learned) if learned else math.nan
     b_loss = tuned[best][0] if best else math.nan
-    if not learned or best is None:
-      ratio, winner = math.nan, "incomplete"
-    else:  # diverged is inf; below the solved floor is a tie, not a win
-      ratio = loss_ratio(l_loss, b_loss, solved_floor(recs))
-      winner = "learned" if ratio < 1 else best
+    floor = solved_floor(recs)
+    l_loss = mean_loss(learned) if learned else math.nan
+    l_lr = (min(swept, key=lambda lr: mean_loss(swept[lr])) if swept
+            else None)
+    lt_loss = mean_loss(swept[l_lr]) if swept else math.nan
+    adam_default = (mean_loss(groups[("adam", 1e-3)])
+                    if ("adam", 1e-3) in groups else math.nan)
+
+    def compare(loss, ref, ref_name, have):
+      if not have:
+        return math.nan, "incomplete"
+      ratio = loss_ratio(loss, ref, floor)  # below the floor ties
+      return ratio, "learned" if ratio < 1 else ref_name
+
+    ratio, winner = compare(l_loss, b_loss, best,
+                            bool(learned) and best is not None)
+    ratio_t, winner_t = compare(lt_loss, b_loss, best,
+                                bool(swept) and best is not None)
+    ratio_d, winner_d = compare(l_loss, adam_default, "adam 1e-3",
+                                bool(learned) and ("adam", 1e-3) in groups)
     metric = recs[0].get("metric") or ""
     rows.append({
         "task": task, "metric": metric, "learned": l_loss,
@@ -240,7 +268,13 @@ def summarize(records: list[dict[str, Any]], source: str
         "seeds": len(learned),
         "baselines": {n: (v[0], v[1]) for n, v in sorted(tuned.items())},
         "best": best, "best_loss": b_loss, "ratio": ratio, "winner": winner,
+        "learned_tuned": lt_loss, "learned_lr": l_lr,
+        "ratio_tuned": ratio_t, "winner_tuned": winner_t,
+        "adam_default": adam_default, "ratio_default": ratio_d,
+        "winner_default": winner_d,
         "learned_metric": mean_metric(learned, metric) if metric else None,
+        "learned_tuned_metric": (mean_metric(swept[l_lr], metric)
+                                 if metric and swept else None),
         "best_metric": (mean_metric(tuned[best][2], metric)
                         if metric and best else None),
     })
@@ -256,22 +290,49 @@ def geomean(ratios) -> float:
   return float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-300)))))
 
 
+# The comparisons ``summarize`` makes: (name, ratio field, winner field).
+COMPARISONS = (("untuned", "ratio", "winner"),
+               ("tuned", "ratio_tuned", "winner_tuned"),
+               ("default", "ratio_default", "winner_default"))
+
+
 def score(rows: list[dict[str, Any]]) -> dict[str, Any]:
   """One source's headline figures from its ``summarize`` rows.
 
-  ``geomean_ratio`` (learned / best tuned baseline, lower is better; inf if
-  the learned optimizer diverged anywhere, None while incomplete), ``wins``,
-  ``tasks``, ``diverged`` (tasks with a diverged learned seed) and
-  ``complete``.
+  ``geomean_ratio`` (untuned learned / best tuned baseline, lower is
+  better; inf if the learned optimizer diverged anywhere, None while
+  incomplete), ``wins``, ``tasks``, ``diverged`` (tasks with a diverged
+  learned seed), ``complete``; the same ``geomean_tuned``/``wins_tuned``
+  and ``geomean_default``/``wins_default`` for the other two comparisons
+  (None and 0 where a task lacks their records); and ``selection``, the
+  score that picks checkpoints (``selection_score``).
   """
-  ratios = np.array([r["ratio"] for r in rows], float)
-  complete = bool(rows) and all(r["winner"] != "incomplete" for r in rows)
-  geo = None
-  if complete:
-    geo = geomean(ratios)
-  return {"geomean_ratio": geo, "wins": int(np.sum(ratios < 1)),
-          "tasks": len(rows), "complete": complete,
-          "diverged": int(sum(r["learned_diverged"] > 0 for r in rows))}
+  out: dict[str, Any] = {"tasks": len(rows)}
+  for name, ratio_key, winner_key in COMPARISONS:
+    ratios = np.array([r[ratio_key] for r in rows], float)
+    done = bool(rows) and all(r[winner_key] != "incomplete" for r in rows)
+    suffix = "" if name == "untuned" else f"_{name}"
+    out[f"geomean{suffix or '_ratio'}"] = geomean(ratios) if done else None
+    out[f"wins{suffix}"] = int(np.sum(ratios < 1))
+    if name == "untuned":
+      out["complete"] = done
+  out["diverged"] = int(sum(r["learned_diverged"] > 0 for r in rows))
+  out["selection"] = selection_score(out)
+  return out
+
+
+def selection_score(s: dict[str, Any]) -> float | None:
+  """What picks a checkpoint (``best_step``, ``lopt export --best``, the
+  shipped optimizer), lower is better: the geometric mean of the untuned
+  and the tuned comparison's geomean ratios where the learned rate was
+  swept (a user both takes the default and tunes it), else the untuned
+  one. None while incomplete."""
+  untuned, tuned = s["geomean_ratio"], s.get("geomean_tuned")
+  if untuned is None:
+    return None
+  if tuned is None:
+    return untuned
+  return math.sqrt(untuned * tuned)
 
 
 def run_of(record: dict[str, Any]) -> tuple[str, str, Any, int]:
@@ -294,8 +355,9 @@ def best_step(records: list[dict[str, Any]], steps: Iterable[int],
       None: ``score``'s ``complete`` alone decides.
 
   Returns:
-    ``(step, score)`` of the step with the lowest ``geomean_ratio``, the
-    newest among equals, or None when no step is fully evaluated.
+    ``(step, score)`` of the step with the lowest ``selection`` score
+    (``selection_score``), the newest among equals, or None when no step
+    is fully evaluated.
   """
   want = None if runs is None else set(runs)
   by_source: dict[str, list] = collections.defaultdict(list)
@@ -310,7 +372,7 @@ def best_step(records: list[dict[str, Any]], steps: Iterable[int],
       continue
     s = score(summarize(recs, source))
     if s["complete"]:
-      scored.append((s["geomean_ratio"], -step, step, s))
+      scored.append((s["selection"], -step, step, s))
   if not scored:
     return None
   _, _, step, s = min(scored)

@@ -2,8 +2,10 @@
 report.
 
 The table shows, per task at the newest fully evaluated checkpoint, the
-learned optimizer's final loss, each tuned baseline's (with its learning
-rate), the winner, the ratio learned / best baseline, and the ratio's trend
+learned optimizer's final loss at its default rate and at its tuned rate,
+Adam's at 1e-3, each tuned baseline's (with its learning rate), the ratios
+of the three comparisons (default against default, tuned against tuned,
+untuned against tuned; ``records.summarize``) and the untuned ratio's trend
 over earlier checkpoints. The HTML report is one self-contained file
 (plots embedded as PNG): loss curves on a log scale, learned against the
 best-tuned baselines; the meta-training curves from TensorBoard; and the
@@ -51,6 +53,32 @@ def evaluated_sources(recs: list[dict[str, Any]]) -> list[str]:
   return out
 
 
+def _lr_cell(loss: float, lr: Any, width: int = 18) -> str:
+  return f"{_fmt(loss) + ' (' + format(lr, 'g') + ')':>{width}}"
+
+
+def summary_lines(s: dict[str, Any]) -> list[str]:
+  """The three comparisons' headline lines from a ``records.score``."""
+  n = s["tasks"]
+
+  def one(label, wins, geo, what):
+    if geo is None:
+      return f"{label}: not evaluated ({what})"
+    return (f"{label}: learned wins {wins}/{n} tasks, geometric-mean ratio "
+            f"{_fmt(geo, 3)}")
+
+  return [
+      one("default vs default (learned at its default rate vs Adam 1e-3)",
+          s["wins_default"], s["geomean_default"], "no Adam 1e-3 runs"),
+      one("tuned vs tuned (learned rate swept vs the best tuned baseline)",
+          s["wins_tuned"], s["geomean_tuned"],
+          "no learned-rate sweep: suite learned_lrs=[]"),
+      one("untuned vs tuned (learned at its default rate vs the best tuned "
+          "baseline)", s["wins"], s["geomean_ratio"], "incomplete")
+      + f"; {s['diverged']} diverged"
+      + ("" if s["complete"] else " (evaluation incomplete)")]
+
+
 def table(recs: list[dict[str, Any]], trend: int = 5) -> list[str]:
   """The monitor's terminal table for the newest evaluated source."""
   srcs = evaluated_sources(recs)
@@ -63,28 +91,31 @@ def table(recs: list[dict[str, Any]], trend: int = 5) -> list[str]:
   older = srcs[-trend:-1]
   past = {s: {r["task"]: r["ratio"] for r in records.summarize(recs, s)}
           for s in older}
-  head = (f"{'task':<24} {'learned':>10} " +
-          " ".join(f"{n + ' (lr)':>18}" for n in names) +
-          f" {'winner':>8} {'ratio':>8}  trend ({', '.join(older + [src])})")
-  lines = [f"newest evaluated: {src}  (final loss, lower is better; ratio ="
-           " learned / best tuned baseline; diverged loses)", head]
+  head = (f"{'task':<24} {'learned':>10} {'learned* (lr)':>18} "
+          f"{'adam 1e-3':>10} "
+          + " ".join(f"{n + '* (lr)':>18}" for n in names) +
+          f" {'untuned':>8} {'tuned':>8} {'default':>8}  untuned trend ("
+          f"{', '.join(older + [src])})")
+  lines = [f"newest evaluated: {src}  (final loss, lower is better; x* = "
+           "tuned per task; ratios: untuned = learned / best tuned "
+           "baseline, tuned = learned* / best tuned baseline, default = "
+           "learned / Adam 1e-3; below 1 the learned optimizer wins; "
+           "diverged loses)", head]
   for r in rows:
     cells = []
     for n in names:
       v = r["baselines"].get(n)
-      cells.append(f"{_fmt(v[0]) + ' (' + format(v[1], 'g') + ')':>18}"
-                   if v else f"{'-':>18}")
+      cells.append(_lr_cell(*v) if v else f"{'-':>18}")
+    tuned = (_lr_cell(r["learned_tuned"], r["learned_lr"])
+             if r["learned_lr"] is not None else f"{'-':>18}")
     hist = [past[s].get(r["task"]) for s in older] + [r["ratio"]]
-    lines.append(f"{r['task'][:24]:<24} {_fmt(r['learned']):>10} "
-                 + " ".join(cells) + f" {r['winner'][:8]:>8} "
-                 f"{_fmt(r['ratio'], 3):>8}  "
+    lines.append(f"{r['task'][:24]:<24} {_fmt(r['learned']):>10} {tuned} "
+                 f"{_fmt(r['adam_default']):>10} "
+                 + " ".join(cells) + f" {_fmt(r['ratio'], 3):>8} "
+                 f"{_fmt(r['ratio_tuned'], 3):>8} "
+                 f"{_fmt(r['ratio_default'], 3):>8}  "
                  + " ".join(_fmt(h, 3) for h in hist))
-  s = records.score(rows)
-  lines.append(f"learned wins {s['wins']}/{s['tasks']} tasks ({s['diverged']}"
-               f" diverged); geometric-mean ratio "
-               f"{_fmt(s['geomean_ratio'], 3)}"
-               + ("" if s["complete"] else " (evaluation incomplete)"))
-  return lines
+  return lines + summary_lines(records.score(rows))
 
 
 # ---------------------------------------------------------------------------
@@ -116,7 +147,8 @@ def _smooth(v: np.ndarray, n: int = 20) -> np.ndarray:
 
 
 def _loss_curves(recs, src, task):
-  """Learned (each seed) vs each baseline at its tuned learning rate."""
+  """Learned (each seed; at its default and its tuned rate) vs each
+  baseline at its tuned learning rate."""
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   rows = {r["task"]: r for r in records.summarize(recs, src)}
   row = rows[task]
@@ -124,15 +156,21 @@ def _loss_curves(recs, src, task):
   mine = [r for r in recs if r["source"] == src and r["task"] == task]
   colors = {"learned": "C3", "adam": "C0", "rmsprop": "C1", "sgdm": "C2"}
   styles = ("-", "--", ":", "-.")  # one line style per seed
+  colors["learned*"] = "C4"
   for r in mine:
     name, lr = r["optimizer"], r["hparams"].get("learning_rate")
-    if name != "learned" and row["baselines"].get(name, (None, None))[1] != lr:
+    if name == "learned" and lr is not None:
+      if lr != row["learned_lr"]:
+        continue
+      name = "learned*"  # at its tuned rate
+    elif name != "learned" and row["baselines"].get(
+        name, (None, None))[1] != lr:
       continue
     s, v = _curve(r)
     if not len(s):
       continue
     seed = r.get("seed", 0)
-    label = name if name == "learned" else f"{name} lr {lr:g}"
+    label = name if lr is None else f"{name} lr {lr:g}"
     label += f" seed {seed}"
     if r.get("diverged"):
       label += " (diverged)"
@@ -153,11 +191,19 @@ def _across_checkpoints(recs, srcs):
   steps = [int(s.split(":")[1]) for s in srcs if s.startswith("step:")]
   if not steps:
     return None
-  fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+  fig, axes = plt.subplots(1, 3, figsize=(16, 3.4))
   per_task: dict[str, list] = {}
   metric_task: dict[str, list] = {}
+  geo: dict[str, list] = {}
   for step in steps:
-    for r in records.summarize(recs, f"step:{step}"):
+    rows = records.summarize(recs, f"step:{step}")
+    s = records.score(rows)
+    for name, key in (("default", "geomean_default"),
+                      ("tuned", "geomean_tuned"),
+                      ("untuned", "geomean_ratio")):
+      if s[key] is not None and math.isfinite(s[key]) and s[key] > 0:
+        geo.setdefault(name, []).append((step, s[key]))
+    for r in rows:
       if r["winner"] == "incomplete":
         continue
       per_task.setdefault(r["task"], []).append((step, r["ratio"]))
@@ -176,6 +222,12 @@ def _across_checkpoints(recs, srcs):
     axes[1].plot(*zip(*pts), marker="o", ms=3, label=name)
   axes[1].set_title("learned optimizer: held-out metric")
   axes[1].set_xlabel("checkpoint step")
+  for name, pts in geo.items():
+    axes[2].plot(*zip(*pts), marker="o", ms=3, label=name)
+  axes[2].axhline(1.0, color="k", lw=0.8, ls="--")
+  axes[2].set_yscale("log")
+  axes[2].set_title("geometric-mean ratio per comparison")
+  axes[2].set_xlabel("checkpoint step")
   for ax in axes:
     ax.grid(alpha=0.3)
     # From step 0: one checkpoint is a point on the run's axis, not the
@@ -254,21 +306,40 @@ def html_report(workdir: str) -> str:
            f"<code>tensorboard --logdir {esc(workdir)}/tb</code>.</p>"]
   if srcs:
     src = srcs[-1]
-    parts.append(f"<h2>Newest evaluated: {esc(src)}</h2><table><tr><th>task"
-                 "</th><th>learned loss</th><th>best baseline</th><th>lr"
-                 "</th><th>baseline loss</th><th>ratio</th><th>winner</th><th>metric"
-                 "</th><th>learned metric</th><th>baseline metric</th></tr>")
-    for r in records.summarize(recs, src):
-      cls = "win" if r["winner"] == "learned" else "lose"
+    rows = records.summarize(recs, src)
+    parts.append(
+        f"<h2>Newest evaluated: {esc(src)}</h2><p>Final losses (lower is "
+        "better). Three comparisons: <b>default</b> (the learned optimizer "
+        "at its default rate against Adam at 1e-3), <b>tuned</b> (its rate "
+        "swept like the baselines', against the best tuned baseline) and "
+        "<b>untuned</b> (its default rate against the best tuned "
+        "baseline); a ratio below 1 is a win.</p><table><tr><th>task</th>"
+        "<th>learned</th><th>learned tuned (lr)</th><th>adam 1e-3</th>"
+        "<th>best baseline (lr)</th><th>baseline loss</th><th>default"
+        "</th><th>tuned</th><th>untuned</th><th>metric</th><th>learned "
+        "metric</th><th>learned tuned metric</th><th>baseline metric</th>"
+        "</tr>")
+
+    def cell(ratio):
+      cls = "win" if ratio < 1 else "lose"
+      return f"<td class='{cls}'>{_fmt(ratio, 3)}</td>"
+
+    for r in rows:
       lr = r["baselines"][r["best"]][1] if r["best"] else None
+      lt = (f"{_fmt(r['learned_tuned'])} ({_fmt(r['learned_lr'], 2)})"
+            if r["learned_lr"] is not None else "-")
       parts.append(
-          f"<tr><td>{esc(r['task'])}</td><td>{_fmt(r['learned'])}</td><td>"
-          f"{esc(str(r['best']))}</td><td>{_fmt(lr, 2)}</td><td>"
-          f"{_fmt(r['best_loss'])}</td><td>{_fmt(r['ratio'], 3)}</td><td "
-          f"class='{cls}'>{esc(r['winner'])}</td><td>{esc(r['metric'])}</td>"
-          f"<td>{_fmt(r['learned_metric'])}</td><td>"
+          f"<tr><td>{esc(r['task'])}</td><td>{_fmt(r['learned'])}</td>"
+          f"<td>{lt}</td><td>{_fmt(r['adam_default'])}</td><td>"
+          f"{esc(str(r['best']))} ({_fmt(lr, 2)})</td><td>"
+          f"{_fmt(r['best_loss'])}</td>{cell(r['ratio_default'])}"
+          f"{cell(r['ratio_tuned'])}{cell(r['ratio'])}<td>"
+          f"{esc(r['metric'])}</td><td>{_fmt(r['learned_metric'])}</td><td>"
+          f"{_fmt(r['learned_tuned_metric'])}</td><td>"
           f"{_fmt(r['best_metric'])}</td></tr>")
-    parts.append("</table><h2>Loss curves (log scale)</h2>")
+    parts.append("</table><ul>" + "".join(
+        f"<li>{esc(x)}</li>" for x in summary_lines(records.score(rows)))
+                 + "</ul><h2>Loss curves (log scale)</h2>")
     for r in records.summarize(recs, src):
       parts.append(f"<img class='plot' alt='{esc(r['task'])}' src='data:image"
                    f"/png;base64,{_loss_curves(recs, src, r['task'])}'>")

@@ -47,6 +47,10 @@ class SuiteConfig:
     divergence_factor: a loss above ``factor * (first loss + 1)`` diverged.
     baselines: the hand-designed optimizers, each tuned over its grid.
     adam_lrs, rmsprop_lrs, sgdm_lrs: the learning-rate grids.
+    learned_lrs: the learned optimizer's rate grid for the tuned-against-
+      tuned comparison (``records.summarize``): each preset's Adam grid,
+      since its rate means what Adam's does; () runs only its default
+      rate (cheaper evaluation, no tuned comparison).
     data_dir: TFDS data dir ("" : TFDS's default).
     fast_compile: compile training steps at XLA's lowest optimization
       level (seconds instead of a minute for ImageNet models on a CPU, but
@@ -71,6 +75,7 @@ class SuiteConfig:
   adam_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
   rmsprop_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
   sgdm_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+  learned_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
   data_dir: str = ""
   fast_compile: bool = False
 
@@ -94,6 +99,8 @@ class SuiteConfig:
         errors.append(f"{b}_lrs must not be empty")
       elif any(not lr > 0 for lr in self.lrs(b)):
         errors.append(f"{b}_lrs must be positive")
+    if any(not lr > 0 for lr in self.learned_lrs):
+      errors.append("learned_lrs must be positive")
     if errors:
       raise ValueError(f"suite {self.name!r}: " + "; ".join(errors))
 
@@ -102,14 +109,15 @@ class SuiteConfig:
 
   def runs(self) -> list[tuple[str, str, float | None, int]]:
     """Every run of a full evaluation, ``(task, optimizer, learning rate,
-    seed)``: per task, the baselines' grids, then the learned optimizer
-    (learning rate None)."""
+    seed)``: per task, the baselines' grids, then the learned optimizer at
+    its default rate (learning rate None) and over ``learned_lrs``."""
     out = []
     for task in self.tasks:
       for b in self.baselines:
         out += [(task, b, lr, s) for lr in self.lrs(b)
                 for s in range(self.seeds)]
-      out += [(task, "learned", None, s) for s in range(self.seeds)]
+      out += [(task, "learned", lr, s) for lr in (None, *self.learned_lrs)
+              for s in range(self.seeds)]
     return out
 
   def problem_settings(self) -> dict[str, Any]:
@@ -124,15 +132,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "heldout": {"tasks": [f"heldout:{i}" for i in range(12)], "steps": 200,
                 "seeds": 4, "eval_every": 0, "chunk": 200,
                 "adam_lrs": list(_LR_GRID), "rmsprop_lrs": list(_LR_GRID),
+                "learned_lrs": list(_LR_GRID),
                 "sgdm_lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]},
     "validation": {"tasks": [f"validation:{i}" for i in range(12)],
                    "steps": 200, "seeds": 4, "eval_every": 0, "chunk": 200,
                    "adam_lrs": list(_LR_GRID), "rmsprop_lrs": list(_LR_GRID),
+                   "learned_lrs": list(_LR_GRID),
                    "sgdm_lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]},
     "imagenet": {"tasks": ["inception_v3", "resnet50_v2"], "steps": 5000,
                  "seeds": 1, "batch_size": 256, "dtype": "bfloat16",
                  "eval_examples": 10000, "eval_every": 1000, "chunk": 1,
                  "adam_lrs": [3e-4, 1e-3, 3e-3],
+                 "learned_lrs": [3e-4, 1e-3, 3e-3],
                  "rmsprop_lrs": [3e-4, 1e-3, 3e-3],
                  "sgdm_lrs": [0.03, 0.1, 0.3]},
     "retina": {"tasks": ["retina_cnn", "retina_ln", "retina_cnn_natural",

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from evaluators import baselines, problems, records
+from evaluators import baselines, problems, records, report
 from evaluators.runner import Problem, run
 from evaluators.suites import SuiteConfig
 from metatrain.distributed import checkpoints
@@ -148,7 +148,7 @@ class Evaluator:
                   divergence_factor=s.divergence_factor,
                   fast_compile=s.fast_compile)
     if u.optimizer == "learned":
-      return run(p, baselines.learned(source.config, source.theta),
+      return run(p, baselines.learned(source.config, source.theta, u.lr),
                  **kwargs).to_json(), False
     ckey = self.cache.key(problems.task_key(p), u.optimizer, u.lr, u.seed,
                           s.steps)
@@ -212,34 +212,39 @@ class Evaluator:
     for src in records.sources(recs):
       if src in self._tb_done:
         continue
-      rows = records.summarize(recs, src)
-      if ({r["task"] for r in rows} != set(self.suite.tasks) or
-          any(r["winner"] == "incomplete" for r in rows)):
-        continue
-      step = next((r.get("checkpoint_step") for r in recs
-                   if r["source"] == src), None) or 0
+      want = set(self.suite.runs())
+      mine = [r for r in recs if r["source"] == src and
+              records.run_of(r) in want]
+      if {records.run_of(r) for r in mine} != want:
+        continue  # not fully evaluated on this suite (yet)
+      rows = records.summarize(mine, src)
+      step = next((r.get("checkpoint_step") for r in mine), None) or 0
       if self._tb is None:
         from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
         self._tb = SummaryWriter(Workdir(self.workdir).tb_eval)
-      ratios = []
       for r in rows:
         t = r["task"].replace(":", "_")
         for name, v in (("learned_final_loss", r["learned"]),
+                        ("learned_tuned_final_loss", r["learned_tuned"]),
                         ("best_baseline_final_loss", r["best_loss"]),
-                        ("ratio_learned_to_best", r["ratio"])):
+                        ("ratio_learned_to_best", r["ratio"]),
+                        ("ratio_tuned_to_best", r["ratio_tuned"]),
+                        ("ratio_default_to_adam", r["ratio_default"])):
           if math.isfinite(v):
             self._tb.add_scalar(f"eval/{t}/{name}", v, step)
         if r["learned_metric"] is not None:
           self._tb.add_scalar(f"eval/{t}/learned_{r['metric']}",
                               r["learned_metric"], step)
-        ratios.append(r["ratio"])
-      ratios = np.array(ratios, float)
-      self._tb.add_scalar("eval/tasks_won", float(np.sum(ratios < 1)), step)
+      sc = records.score(rows)
+      ratios = np.array([r["ratio"] for r in rows], float)
+      self._tb.add_scalar("eval/tasks_won", float(sc["wins"]), step)
       self._tb.add_scalar("eval/tasks_diverged",
                           float(np.sum(np.isinf(ratios))), step)
-      if np.all(np.isfinite(ratios)):
-        self._tb.add_scalar("eval/geomean_ratio",
-                            records.geomean(ratios), step)
+      for key in ("geomean_ratio", "geomean_tuned", "geomean_default"):
+        if sc[key] is not None and math.isfinite(sc[key]):
+          self._tb.add_scalar(f"eval/{key}", sc[key], step)
+      for key in ("wins_tuned", "wins_default"):
+        self._tb.add_scalar(f"eval/tasks_{key}", float(sc[key]), step)
       self._tb.flush()
       self._tb_done.add(src)
 
@@ -323,15 +328,23 @@ def evaluate_theta(workdir: str, suite: SuiteConfig, config: HRNNConfig,
 
 
 def table(recs: list[dict[str, Any]], source: str) -> list[str]:
-  """Plain-text comparison lines for one source."""
+  """Plain-text comparison lines for one source: per task the learned
+  optimizer at its default and tuned rates, Adam 1e-3, the best tuned
+  baseline and the three comparisons' ratios; then their summaries."""
   rows = records.summarize(recs, source)
   lines = [f"{source}: learned vs tuned baselines (final loss; lower is "
-           "better; diverged counts as a loss)",
-           f"{'task':<28} {'learned':>10} {'best baseline':>22} "
-           f"{'ratio':>8}  winner"]
+           "better; diverged counts as a loss; ratio < 1: the learned "
+           "optimizer wins)",
+           f"{'task':<24} {'learned':>10} {'learned* (lr)':>20} "
+           f"{'adam 1e-3':>10} {'best baseline':>22} {'default':>8} "
+           f"{'tuned':>8} {'untuned':>8}"]
   for r in rows:
     best = (f"{_fmt(r['best_loss'])} {r['best']} "
             f"{r['baselines'][r['best']][1]:g}" if r["best"] else "-")
-    lines.append(f"{r['task'][:28]:<28} {_fmt(r['learned']):>10} "
-                 f"{best:>22} {_fmt(r['ratio']):>8}  {r['winner']}")
-  return lines
+    tuned = (f"{_fmt(r['learned_tuned'])} ({r['learned_lr']:g})"
+             if r["learned_lr"] is not None else "-")
+    lines.append(f"{r['task'][:24]:<24} {_fmt(r['learned']):>10} "
+                 f"{tuned:>20} {_fmt(r['adam_default']):>10} {best:>22} "
+                 f"{_fmt(r['ratio_default']):>8} {_fmt(r['ratio_tuned']):>8} "
+                 f"{_fmt(r['ratio']):>8}")
+  return lines + report.summary_lines(records.score(rows))

@@ -50,13 +50,23 @@ def evaluation_summary(recs: list[dict[str, Any]], step: int
   return {
       "suite": suite, "geomean_ratio_to_best_baseline": num(
           s["geomean_ratio"]), "tasks_won": s["wins"], "tasks": s["tasks"],
+      "geomean_tuned_to_best_baseline": num(s["geomean_tuned"]),
+      "tasks_won_tuned": s["wins_tuned"],
+      "geomean_default_to_adam_1e-3": num(s["geomean_default"]),
+      "tasks_won_default": s["wins_default"],
+      "selection": num(s["selection"]),
       "tasks_diverged": s["diverged"], "complete": s["complete"],
       "per_task": [{"task": r["task"], "learned_final_loss": num(r["learned"]),
+                    "learned_tuned_final_loss": num(r["learned_tuned"]),
+                    "learned_tuned_lr": r["learned_lr"],
+                    "adam_1e-3_final_loss": num(r["adam_default"]),
                     "best_baseline": r["best"],
                     "best_baseline_lr": (r["baselines"][r["best"]][1]
                                          if r["best"] else None),
                     "best_baseline_final_loss": num(r["best_loss"]),
-                    "ratio": num(r["ratio"]), "winner": r["winner"]}
+                    "ratio": num(r["ratio"]), "winner": r["winner"],
+                    "ratio_tuned": num(r["ratio_tuned"]),
+                    "ratio_default": num(r["ratio_default"])}
                    for r in rows]}
 
 

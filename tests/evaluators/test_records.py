@@ -66,6 +66,44 @@ def test_baselines_are_tuned_per_task_and_divergence_loses():
   assert row["winner"] == "learned" and row["ratio"] == 0.0
 
 
+def test_three_comparisons_default_tuned_and_untuned():
+  recs = [
+      _rec("1", "adam", 0.5, 1e-3), _rec("2", "adam", 0.2, 1e-2),
+      _rec("3", "sgdm", 0.4, 0.1),
+      _rec("4", "learned", 0.4),  # its default rate
+      _rec("5", "learned", 0.3, 1e-3), _rec("6", "learned", 0.1, 1e-2),
+      _rec("7", "learned", None, 1e-1, diverged=True),
+  ]
+  (row,) = records.summarize(recs, "step:5")
+  # Untuned: the default rate against the best tuned baseline (adam 1e-2).
+  assert math.isclose(row["ratio"], 0.4 / 0.2) and row["winner"] == "adam"
+  # Tuned: its best swept rate (1e-2; the diverged rate is out) against it.
+  assert row["learned_lr"] == 1e-2 and row["learned_tuned"] == 0.1
+  assert math.isclose(row["ratio_tuned"], 0.1 / 0.2)
+  assert row["winner_tuned"] == "learned"
+  # Default: the default rate against Adam at 1e-3.
+  assert row["adam_default"] == 0.5
+  assert math.isclose(row["ratio_default"], 0.4 / 0.5)
+  assert row["winner_default"] == "learned"
+  s = records.score([row])
+  assert (s["wins"], s["wins_tuned"], s["wins_default"]) == (0, 1, 1)
+  assert math.isclose(s["geomean_tuned"], 0.5)
+  assert math.isclose(s["geomean_default"], 0.8)
+  # Checkpoints are picked on both ways a user runs it: sqrt(2.0 * 0.5).
+  assert math.isclose(s["selection"], 1.0)
+
+
+def test_without_a_sweep_the_tuned_comparison_is_missing_not_won():
+  recs = [_rec("1", "adam", 0.5, 1e-2), _rec("2", "learned", 0.25)]
+  (row,) = records.summarize(recs, "step:5")
+  assert row["winner_tuned"] == "incomplete" and math.isnan(
+      row["ratio_tuned"])
+  assert row["winner_default"] == "incomplete"  # no Adam 1e-3 run
+  s = records.score([row])
+  assert s["geomean_tuned"] is None and s["wins_tuned"] == 0
+  assert s["selection"] == s["geomean_ratio"] == pytest.approx(0.5)
+
+
 def test_losses_below_the_solved_floor_tie_instead_of_winning():
   def rec(key, opt, loss, lr=None):
     return dict(_rec(key, opt, loss, lr), curve=[[0, 2.0], [10, loss]])

@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = ["--set", 'tasks=["digits_mlp", "heldout:3"]', "--set", "steps=20",
         "--set", "seeds=1", "--set", "eval_every=0",
         "--set", 'baselines=["adam", "sgdm"]', "--set", "adam_lrs=[0.001, 0.01]",
-        "--set", "sgdm_lrs=[0.1]"]
+        "--set", "sgdm_lrs=[0.1]", "--set", "learned_lrs=[0.01]"]
 
 
 def _lopt(tmp_path, name="opt.lopt", offset=None):
@@ -47,7 +47,8 @@ def test_records_cache_and_idempotence(tmp_path):
   ev = watch.Evaluator(wd, _suite(), log=lambda m: None)
   src = watch.file_source(str(_lopt(tmp_path)))
   c = ev.evaluate(src)
-  n_units = 2 * (2 + 1 + 1)  # 2 tasks x (2 adam + 1 sgdm + learned)
+  # 2 tasks x (2 adam + 1 sgdm + learned at its default rate and at 0.01)
+  n_units = 2 * (2 + 1 + 2)
   assert c["runs"] == n_units and c["cached"] == 0 and c["errors"] == 0
   recs = records.read(ev.writer.path)
   assert len(recs) == n_units
@@ -59,7 +60,7 @@ def test_records_cache_and_idempotence(tmp_path):
   # Another optimizer: baselines come from the cache, only learned runs.
   src2 = watch.file_source(str(_lopt(tmp_path, "exploding.lopt", 60.0)))
   c = watch.Evaluator(wd, _suite(), log=lambda m: None).evaluate(src2)
-  assert c["runs"] == 2 and c["cached"] == 6
+  assert c["runs"] == 4 and c["cached"] == 6
   recs = records.read(ev.writer.path)
   assert len({r["key"] for r in recs}) == len(recs) == 2 * n_units
   # The exploding optimizer is recorded as diverged and loses everywhere.
@@ -68,7 +69,8 @@ def test_records_cache_and_idempotence(tmp_path):
   assert all(r["diverged"] and r["final_loss"] is None for r in bad)
   rows = records.summarize(recs, src2.id)
   assert all(r["winner"] != "learned" and r["ratio"] == float("inf")
-             for r in rows)
+             and r["winner_tuned"] != "learned" and r["winner_default"] ==
+             "adam 1e-3" for r in rows)
   assert any("diverged" in line for line in watch.table(recs, src2.id))
   # TensorBoard scalars for both complete sources.
   assert os.listdir(os.path.join(wd, "tb", "eval"))
@@ -99,7 +101,7 @@ def test_a_killed_evaluator_resumes_without_duplicates(tmp_path):
   recs = records.read(str(path))
   keys = collections.Counter(r["key"] for r in recs)
   assert max(keys.values()) == 1  # no duplicates
-  assert len(keys) == 2 * (5 + 1 + 1) > first
+  assert len(keys) == 2 * (5 + 1 + 2) > first
   assert f"{first} already recorded" in out.stdout
 
 

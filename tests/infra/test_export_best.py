@@ -21,15 +21,18 @@ CFG = hrnn.HRNNConfig()
 THETA = hrnn.init_theta(jax.random.PRNGKey(0), CFG)
 OPT_STATE = optax.adam(1e-3).init(THETA)
 SUITE = ['tasks=["digits_mlp", "fmnist_mlp"]', "seeds=1",
-         'baselines=["adam"]', "adam_lrs=[0.003, 0.03]"]
+         'baselines=["adam"]', "adam_lrs=[0.003, 0.03]",
+         "learned_lrs=[0.003, 0.03]"]
 TASKS = ("digits_mlp", "fmnist_mlp")
 
 
 def _evaluate(writer, step, ratio, tasks=TASKS, skip=()):
   """Records of ``step`` on SUITE, per task: adam at 1.0 (and 2.0 at the
-  other rate) and the learned optimizer at ``ratio``; not the runs named
-  in ``skip`` (another evaluator's shard, not done yet)."""
-  runs = [("adam", 0.003, 1.0), ("adam", 0.03, 2.0), ("learned", None, ratio)]
+  other rate) and the learned optimizer at ``ratio``, at its default rate
+  and tuned (3.0 at the other rate); not the runs named in ``skip``
+  (another evaluator's shard, not done yet)."""
+  runs = [("adam", 0.003, 1.0), ("adam", 0.03, 2.0), ("learned", None, ratio),
+          ("learned", 0.003, ratio), ("learned", 0.03, 3.0)]
   for task in tasks:
     for opt, lr, loss in runs:
       if (opt, lr) in skip:
@@ -77,7 +80,7 @@ def test_best_checkpoint_retention_survives_keep_last_n(tmp_path, capsys):
       _evaluate(writer, 1, 0.1)  # step 1 is deleted: never the best
     if step == 4:  # better, but one shard has not finished: not yet
       _evaluate(writer, 4, 0.2, tasks=TASKS[:1])
-      _evaluate(writer, 4, 0.2, tasks=TASKS[1:], skip=[("adam", 0.03)])
+      _evaluate(writer, 4, 0.2, tasks=TASKS[1:], skip=[("learned", 0.03)])
       assert records.best_step(records.read(writer.path), [2, 4])[0] == 4
   assert _on_disk(wd) == [2, 6]
   ckpt.close()
@@ -94,6 +97,7 @@ def test_best_checkpoint_retention_survives_keep_last_n(tmp_path, capsys):
   pin = json.loads((tmp_path / "run" / "best_checkpoint.json").read_text())
   assert pin["step"] == 6 and pin["info"]["suite"] == "small"
   assert pin["info"]["geomean_ratio"] == pytest.approx(0.3)
+  assert pin["info"]["selection"] == pytest.approx(0.3)
   src = _export_best(wd, str(tmp_path / "b.lopt"), capsys)
   assert src["step"] == 6 and src["kept_as_best"]
 

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workflow")]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SUITE = ['tasks=["digits_mlp"]', "steps=20", "seeds=1", 'baselines=["adam"]',
-         "adam_lrs=[0.003, 0.03]", "eval_every=0"]
+         "adam_lrs=[0.001, 0.03]", "learned_lrs=[0.003]", "eval_every=0"]
 TRAIN = ["--config", "tiny", "--set", 'tasks.families=["quadratic"]',
          "--set", "tasks.num_groups=1", "--set", "unroll.min_steps=5",
          "--set", "unroll.max_steps=5", "--set", "learner.save_every=1",
@@ -67,14 +67,18 @@ def test_the_evaluator_records_learned_and_baselines(run, capsys):
   recs = records.read(str(run / "eval" / "records.jsonl"))
   final = [r for r in recs if r["source"] == "step:3"]
   assert {(r["optimizer"], r["hparams"].get("learning_rate"))
-          for r in final} == {("learned", None), ("adam", 0.003),
-                              ("adam", 0.03)}
+          for r in final} == {("learned", None), ("learned", 0.003),
+                              ("adam", 0.001), ("adam", 0.03)}
   assert all(r["task"] == "digits_mlp" and r["final_loss"] is not None
              and 0 <= r["metrics"]["accuracy"] <= 1 for r in final)
   (row,) = records.summarize(recs, "step:3")
-  # The row is what the three runs say: Adam tuned over its two rates, the
-  # learned optimizer against the better one.
-  learned = next(r["final_loss"] for r in final if r["optimizer"] == "learned")
+  # The row is what the four runs say: Adam tuned over its two rates, the
+  # learned optimizer (at its default rate, and tuned over its one swept
+  # rate) against the better one.
+  learned, tuned = (next(r["final_loss"] for r in final
+                         if r["optimizer"] == "learned" and
+                         r["hparams"].get("learning_rate") == lr)
+                    for lr in (None, 0.003))
   adam = {r["hparams"]["learning_rate"]: r["final_loss"] for r in final
           if r["optimizer"] == "adam"}
   best_lr = min(adam, key=adam.get)
@@ -83,6 +87,10 @@ def test_the_evaluator_records_learned_and_baselines(run, capsys):
   assert row["learned"] == learned
   assert row["ratio"] == pytest.approx(learned / adam[best_lr], rel=1e-9)
   assert row["winner"] == ("learned" if learned < adam[best_lr] else "adam")
+  assert row["learned_tuned"] == tuned and row["learned_lr"] == 0.003
+  assert row["ratio_tuned"] == pytest.approx(tuned / adam[best_lr], rel=1e-9)
+  assert row["ratio_default"] == pytest.approx(learned / adam[0.001],
+                                               rel=1e-9)
   assert (run / "tb" / "eval").is_dir()
   counters = json.loads((run / "counters.json").read_text())
   assert counters["evaluator_errors"] == 0 and counters["train_seconds"] > 0
@@ -94,7 +102,7 @@ def test_the_evaluator_records_learned_and_baselines(run, capsys):
   code, out, err = _in_process(capsys, "evaluate", "--workdir", run, "--once",
                                *sum((["--set", s] for s in SUITE), []))
   assert code == 0, err[-3000:]
-  assert "0 runs, 0 from the baseline cache, 3 already recorded" in out
+  assert "0 runs, 0 from the baseline cache, 4 already recorded" in out
   assert "step:3: learned vs tuned baselines" in out
 
 
@@ -107,10 +115,10 @@ def test_monitor_table_and_html_report_in_chromium(run, tmp_path, capsys):
   row = next(l for l in out.splitlines() if l.startswith("digits_mlp"))
   (want,) = records.summarize(records.read(str(run / "eval" /
                                                "records.jsonl")), "step:3")
-  ratio = re.escape(f"{want['ratio']:.3g}")
-  assert re.search(rf"{want['winner']}\s+{ratio}\s", row), (
-      row, want)  # its winner and ratio
-  assert "learned wins" in out
+  ratios = r"\s+".join(re.escape(f"{want[k]:.3g}") for k in
+                      ("ratio", "ratio_tuned", "ratio_default"))
+  assert re.search(rf"\s{ratios}\s", row), (row, want)  # the three ratios
+  assert "learned wins" in out and "tuned vs tuned" in out
   page = html.read_text()
   assert "src='http" not in page and "<script src" not in page  # standalone
   headers = re.findall(r"<th>(.*?)</th>", page)
@@ -141,16 +149,19 @@ def test_export_load_and_train_a_flax_model(run, tmp_path, capsys):
   assert code == 0, err[-3000:]
   assert "best evaluator score" in out
   _, _, meta = metatrain.read_optimizer(out_file)
-  # --best: the evaluated step with the lowest ratio learned / tuned Adam
-  # (ties go to the newer step), from the records themselves.
+  # --best: the evaluated step with the lowest selection score, the
+  # geometric mean of the ratios of learned (default rate) and learned
+  # (tuned rate) to tuned Adam (ties go to the newer step), from the
+  # records themselves.
   recs = records.read(str(run / "eval" / "records.jsonl"))
   ratios = {}
   for src in {r["source"] for r in recs}:
     rs = [r for r in recs if r["source"] == src]
     learned = [r["final_loss"] for r in rs if r["optimizer"] == "learned"]
     adam = [r["final_loss"] for r in rs if r["optimizer"] == "adam"]
-    if learned and len(adam) == 2:
-      ratios[int(src.split(":")[1])] = learned[0] / min(adam)
+    if len(learned) == 2 and len(adam) == 2:
+      ratios[int(src.split(":")[1])] = (
+          learned[0] * learned[1]) ** 0.5 / min(adam)
   assert 3 in ratios  # the final checkpoint is always evaluated
   want = min(ratios, key=lambda k: (ratios[k], -k))
   assert meta["source"]["step"] == want, ratios
