@@ -55,7 +55,7 @@ def _score(select_dir, suite, source):
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--workdir", action="append", required=True)
+  ap.add_argument("--workdir", action="append", default=[])
   ap.add_argument("--name", default="hrnn-v1")
   ap.add_argument("--steps", type=int, default=1000)
   ap.add_argument("--seeds", type=int, default=4)

@@ -52,7 +52,7 @@ PARTS = {
     "retina": ("retina", []),
     "imagenet": ("imagenet", ["steps=500", "eval_every=250"]),
 }
-TIE = 1e-3  # relative: closer than this is a tie, not a win
+TIE = records.TIE  # relative: closer than this is a tie, not a win
 SMOKE = ["steps=20", "eval_every=0", "seeds=1", 'adam_lrs=[0.001,0.01]',
          'rmsprop_lrs=[0.001]', 'sgdm_lrs=[0.1]', 'learned_lrs=[0.001,0.01]']
 

@@ -156,6 +156,11 @@ def loss_of(record: dict[str, Any]) -> float:
 SOLVED = 1e-6
 
 
+# Ratios within this of 1 tie: neither wins. The untrained optimizer *is*
+# Adam, and two equal runs differ by float rounding (e.g. the CPU kernel).
+TIE = 1e-3
+
+
 def solved_floor(records: Iterable[dict[str, Any]]) -> float:
   """``SOLVED`` times the task's initial loss (the median over ``records``
   of each curve's step-0 value); 0.0 when no record has one."""
@@ -214,7 +219,8 @@ def summarize(records: list[dict[str, Any]], source: str
   * default against default (``ratio_default``, ``winner_default``): the
     learned optimizer at its default rate against Adam at 1e-3.
 
-  A comparison whose records are missing has a nan ratio and the winner
+  The learned optimizer wins a comparison when its ratio is below ``1 -
+  TIE``. A comparison whose records are missing has a nan ratio and the winner
   ``"incomplete"`` (the sweep and Adam 1e-3 are optional; the first one is
   not). Rows also carry ``task``, ``learned`` and ``learned_tuned`` (mean
   final losses; ``learned_lr`` the chosen rate), ``learned_diverged``
@@ -253,7 +259,7 @@ def summarize(records: list[dict[str, Any]], source: str
       if not have:
         return math.nan, "incomplete"
       ratio = loss_ratio(loss, ref, floor)  # below the floor ties
-      return ratio, "learned" if ratio < 1 else ref_name
+      return ratio, "learned" if ratio < 1 - TIE else ref_name
 
     ratio, winner = compare(l_loss, b_loss, best,
                             bool(learned) and best is not None)
@@ -313,7 +319,7 @@ def score(rows: list[dict[str, Any]]) -> dict[str, Any]:
     done = bool(rows) and all(r[winner_key] != "incomplete" for r in rows)
     suffix = "" if name == "untuned" else f"_{name}"
     out[f"geomean{suffix or '_ratio'}"] = geomean(ratios) if done else None
-    out[f"wins{suffix}"] = int(np.sum(ratios < 1))
+    out[f"wins{suffix}"] = int(np.sum(ratios < 1 - TIE))
     if name == "untuned":
       out["complete"] = done
   out["diverged"] = int(sum(r["learned_diverged"] > 0 for r in rows))

@@ -313,7 +313,8 @@ def html_report(workdir: str) -> str:
         "at its default rate against Adam at 1e-3), <b>tuned</b> (its rate "
         "swept like the baselines', against the best tuned baseline) and "
         "<b>untuned</b> (its default rate against the best tuned "
-        "baseline); a ratio below 1 is a win.</p><table><tr><th>task</th>"
+        "baseline); a ratio below 0.999 is a win (closer to 1 is a tie)."
+        "</p><table><tr><th>task</th>"
         "<th>learned</th><th>learned tuned (lr)</th><th>adam 1e-3</th>"
         "<th>best baseline (lr)</th><th>baseline loss</th><th>default"
         "</th><th>tuned</th><th>untuned</th><th>metric</th><th>learned "
@@ -321,7 +322,7 @@ def html_report(workdir: str) -> str:
         "</tr>")
 
     def cell(ratio):
-      cls = "win" if ratio < 1 else "lose"
+      cls = "win" if ratio < 1 - records.TIE else "lose"
       return f"<td class='{cls}'>{_fmt(ratio, 3)}</td>"
 
     for r in rows:

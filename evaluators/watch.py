@@ -333,8 +333,8 @@ def table(recs: list[dict[str, Any]], source: str) -> list[str]:
   baseline and the three comparisons' ratios; then their summaries."""
   rows = records.summarize(recs, source)
   lines = [f"{source}: learned vs tuned baselines (final loss; lower is "
-           "better; diverged counts as a loss; ratio < 1: the learned "
-           "optimizer wins)",
+           "better; diverged counts as a loss; a ratio below 0.999: the "
+           "learned optimizer wins)",
            f"{'task':<24} {'learned':>10} {'learned* (lr)':>20} "
            f"{'adam 1e-3':>10} {'best baseline':>22} {'default':>8} "
            f"{'tuned':>8} {'untuned':>8}"]
