@@ -1,12 +1,22 @@
 """Classifiers on real small images: ReLU/GELU MLPs and tiny ConvNets.
 
-The images are Fashion-MNIST's *train* split, cropped to 24x24 and
-average-pooled 3x3 to 8x8, then standardized: ``POOL`` of them, fixed. Each
-instance draws ``NUM_SAMPLES`` images (with replacement) and maps the ten
-classes onto ``classes`` labels by a random permutation modulo ``classes``
-(2, 5 or 10-way problems); the network has ten outputs either way. The
-evaluators' Fashion-MNIST tasks are 28x28 with other models, and their
-digits tasks another dataset: docs/architecture.md says what is shared.
+Two sources of 8x8 grayscale images, each a fixed pool of ``POOL``,
+standardized:
+
+* ``fmnist``: Fashion-MNIST's *train* split, cropped to 24x24 and
+  average-pooled 3x3 to 8x8; its ten classes.
+* ``photo``: 16x16 patches of the two photographs that ship with
+  scikit-learn (``load_sample_images``: a temple in China and a flower),
+  average-pooled 2x2 to 8x8; ten classes, the photo and which fifth of its
+  height the patch comes from (natural-image statistics, texture and
+  colour-free shape cues).
+
+Each instance draws ``NUM_SAMPLES`` images (with replacement) from its
+source and maps the ten classes onto ``classes`` labels by a random
+permutation modulo ``classes`` (2, 5 or 10-way problems); the network has
+ten outputs either way. The evaluators' Fashion-MNIST tasks are 28x28 with
+other models, and their digits tasks another dataset: docs/architecture.md
+says what is shared.
 
 Buckets: an MLP's hidden layers pad to ``WIDTH_PAD`` units (one program
 per depth), a ConvNet's channels are static (one per width); activation,
@@ -33,6 +43,7 @@ NUM_SAMPLES = 512  # per instance; the full-batch loss is over these
 BATCH_SIZES = (32, 64, 128)
 CLASSES = (2, 5, 10)
 ACTIVATIONS = ("relu", "gelu")  # a bucket's ``act`` indexes these
+SOURCES = ("fmnist", "photo")  # a bucket's ``data`` indexes these
 WIDTHS = (16, 32, 64)
 WIDTH_PAD = 64
 CHANNELS = (8, 16)
@@ -50,6 +61,26 @@ def pool_images() -> tuple[np.ndarray, np.ndarray]:
   return x.astype(np.float32), a["label"][:POOL].astype(np.int32)
 
 
+@functools.lru_cache(maxsize=1)
+def photo_patches() -> tuple[np.ndarray, np.ndarray]:
+  """``(images [POOL, 8, 8] float32, labels [POOL] int32)``: patches of
+  scikit-learn's sample photos (label: photo * 5 + fifth of its height)."""
+  from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
+  photos = [im.astype(np.float32).mean(-1) for im in
+            load_sample_images().images]
+  rng = np.random.default_rng(0)  # a fixed pool
+  which = rng.integers(0, len(photos), POOL)
+  xs, ys = np.empty((POOL, SIDE, SIDE), np.float32), np.empty(POOL, np.int32)
+  w = 2 * SIDE
+  for n, i in enumerate(which):
+    h, wd = photos[i].shape
+    r, c = rng.integers(0, h - w + 1), rng.integers(0, wd - w + 1)
+    patch = photos[i][r:r + w, c:c + w]
+    xs[n] = patch.reshape(SIDE, 2, SIDE, 2).mean(axis=(1, 3))
+    ys[n] = 5 * i + min(4, int(5 * (r + w / 2) / h))
+  return ((xs - xs.mean()) / xs.std()).astype(np.float32), ys
+
+
 def _check_data() -> None:
   try:
     pool_images()
@@ -59,14 +90,23 @@ def _check_data() -> None:
                      "tasks.weights)") from None
 
 
-def _sample_data(key, classes):
-  """An instance's images and labels (classes grouped modulo ``classes``)."""
-  images, labels = pool_images()
+def _sample_data(key, classes, source):
+  """An instance's images and labels (classes grouped modulo ``classes``)
+  from ``source`` (a name of ``SOURCES``, or its index as an array)."""
   ki, kp = jax.random.split(key)
   idx = jax.random.randint(ki, (NUM_SAMPLES,), 0, POOL)
   perm = jax.random.permutation(kp, 10)
-  return {"x": jnp.asarray(images)[idx],
-          "y": perm[jnp.asarray(labels)[idx]] % classes}
+  pools = {name: fn() for name, fn in (("fmnist", pool_images),
+                                       ("photo", photo_patches))}
+  if isinstance(source, str):  # the exact task: one pool
+    images, labels = (jnp.asarray(a)[idx] for a in pools[source])
+  else:  # a bucket's: the source is an input
+    pick = jnp.asarray(source) == SOURCES.index("photo")
+    images = jnp.where(pick, jnp.asarray(pools["photo"][0])[idx],
+                       jnp.asarray(pools["fmnist"][0])[idx])
+    labels = jnp.where(pick, jnp.asarray(pools["photo"][1])[idx],
+                       jnp.asarray(pools["fmnist"][1])[idx])
+  return {"x": images, "y": perm[labels] % classes}
 
 
 def _act(cfg):
@@ -91,7 +131,8 @@ def _fn_task(cfg, init_params, forward, masks=None) -> FnTask:
 
   def init(key):
     kd, kp = jax.random.split(key)
-    return init_params(kp), _sample_data(kd, cfg.get("classes"))
+    return init_params(kp), _sample_data(kd, cfg.get("classes"),
+                                         cfg.get("data", "fmnist"))
 
   def objective(p, x, y, weights=None):
     real = p if masks is None else jax.tree_util.tree_map(
@@ -174,17 +215,19 @@ def _build_conv(cfg) -> FnTask:
 
 def _common(rng):
   return {"act": choice(rng, ACTIVATIONS), "batch": choice(rng, BATCH_SIZES),
-          "classes": choice(rng, CLASSES)}
+          "classes": choice(rng, CLASSES), "data": choice(rng, SOURCES)}
 
 
 def _dynamic(c):
   return {"act": ACTIVATIONS.index(c.get("act")), "batch": c.get("batch"),
-          "classes": c.get("classes")}
+          "classes": c.get("classes"),
+          "data": SOURCES.index(c.get("data", "fmnist"))}
 
 
 IMAGE_MLP = TaskFamily(
     "image_mlp", "ReLU/GELU MLP (1-2 hidden layers of 16-64) on 8x8 "
-    "Fashion-MNIST (train split), 2/5/10 classes, batch 32-128",
+    "Fashion-MNIST (train split) or photo patches, 2/5/10 classes, batch "
+    "32-128",
     lambda rng: {"hidden": tuple(choice(rng, WIDTHS) for _ in range(
         int(rng.integers(1, 3)))), **_common(rng)},
     _build_mlp,
@@ -196,7 +239,8 @@ IMAGE_MLP = TaskFamily(
 
 IMAGE_CONV = TaskFamily(
     "image_conv", "ReLU/GELU 2-layer ConvNet (8 or 16 channels) on 8x8 "
-    "Fashion-MNIST (train split), 2/5/10 classes, batch 32-128",
+    "Fashion-MNIST (train split) or photo patches, 2/5/10 classes, batch "
+    "32-128",
     lambda rng: {"channels": choice(rng, CHANNELS), **_common(rng)},
     _build_conv,
     bucket_fn=lambda c: ({"channels": c.get("channels"),
