@@ -67,6 +67,11 @@ def main(argv=None) -> int:
   ap.add_argument("--candidate-file", action="append", default=[],
                   help="also score this exported .lopt file (e.g. the "
                   "shipped optimizer, as the bar to beat)")
+  ap.add_argument("--choose-default-rate", action="store_true",
+                  help="ship each candidate with the rate of its validation "
+                  "sweep that is best as one rate for every task as its "
+                  "default (config.init_lr), and score its untuned "
+                  "comparison at that rate")
   ap.add_argument("--dry-run", action="store_true",
                   help="score the candidates, write nothing")
   args = ap.parse_args(argv)
@@ -106,7 +111,25 @@ def main(argv=None) -> int:
 
   for label, wd, step, src in cands:
     s, _ = _score(args.select_dir, suite, src)
+    if args.choose_default_rate:
+      # The default rate is chosen on these validation runs, as Adam's
+      # 1e-3 was by its authors: the grid rate that is best as one rate for
+      # every task. The untuned comparison and the score then use it.
+      prof = records.rate_profile(
+          records.read(os.path.join(args.select_dir, "eval",
+                                    "records.jsonl")), src.id)
+      geo = {lr: records.geomean(v) for lr, v in prof.items()}
+      if geo:
+        rate = min(geo, key=geo.get)
+        wins = sum(x < 1 - records.TIE for x in prof[rate])
+        s = dict(s, default_rate=rate, geomean_ratio=geo[rate], wins=wins,
+                 selection=records.selection_score(
+                     dict(s, geomean_ratio=geo[rate])))
+        print(f"{label}: default rate {rate:g} (validation geomean ratio "
+              "by rate: " + ", ".join(f"{k:g} {_g(v)}"
+                                      for k, v in geo.items()) + ")")
     scored.append({"candidate": label, "selection": num(s["selection"]),
+                   "default_rate": s.get("default_rate"),
                    "geomean_ratio": num(s["geomean_ratio"]),
                    "geomean_tuned": num(s["geomean_tuned"]),
                    "geomean_default": num(s["geomean_default"]),
@@ -136,6 +159,9 @@ def main(argv=None) -> int:
   else:
     meta = export_cmd.export_checkpoint(wd, tmp, step=step)
     config, theta, _ = export.read_optimizer(tmp)
+  rate = scored[best].get("default_rate")
+  if rate is not None:  # its default: the rate chosen on validation
+    config = dataclasses.replace(config, init_lr=rate)
   meta.update(name=args.name, note=args.note, selection={
       "split": "validation", "suite": "validation", "inner_steps": args.steps,
       "seeds": args.seeds,
@@ -146,7 +172,11 @@ def main(argv=None) -> int:
                "7 learning rates each), the learned optimizer at its "
                "default rate and at its rate tuned over the same grid as "
                "Adam's; diverged = inf"),
-      "chosen": label, "candidates": scored})
+      "chosen": label, "candidates": scored,
+      "default_rate": ("chosen on these validation runs: the rate of the "
+                       "learned-rate grid with the lowest geometric-mean "
+                       f"ratio as one rate for every task, {rate:g}"
+                       if rate is not None else "as meta-trained")})
   export.save_optimizer(tmp, config, theta, json.loads(json.dumps(meta)))
   os.replace(tmp, out)
   print(f"shipped {out}")

@@ -296,6 +296,32 @@ def geomean(ratios) -> float:
   return float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-300)))))
 
 
+def rate_profile(records: list[dict[str, Any]], source: str
+                 ) -> dict[float, list[float]]:
+  """{rate: [per task, the learned optimizer's mean final loss at that swept
+  rate / the best tuned baseline's]} at ``source``: how good each rate of
+  its grid would be as its one default (as the baselines' "global" rates;
+  ``geomean`` of a list is its score). Rates missing on any task are left
+  out."""
+  by_task: dict[str, list] = collections.defaultdict(list)
+  for r in records:
+    if r["source"] == source:
+      by_task[r["task"]].append(r)
+  ratios: dict[float, list[float]] = collections.defaultdict(list)
+  for recs in by_task.values():
+    groups: dict[tuple, list] = collections.defaultdict(list)
+    for r in recs:
+      groups[(r["optimizer"], r["hparams"].get("learning_rate"))].append(r)
+    base = [mean_loss(rs) for (o, _), rs in groups.items() if o != "learned"]
+    if not base:
+      continue
+    floor = solved_floor(recs)
+    for (o, lr), rs in groups.items():
+      if o == "learned" and lr is not None:
+        ratios[lr].append(loss_ratio(mean_loss(rs), min(base), floor))
+  return {lr: v for lr, v in sorted(ratios.items()) if len(v) == len(by_task)}
+
+
 # The comparisons ``summarize`` makes: (name, ratio field, winner field).
 COMPARISONS = (("untuned", "ratio", "winner"),
                ("tuned", "ratio_tuned", "winner_tuned"),
