@@ -13,6 +13,9 @@ Task names (``lopt evaluate --suite ...`` picks a list of them):
   metric = correlation with held-out trial-averaged responses.
 * ``validation:<i>``: the i-th validation configuration (model selection:
   neither trained on nor a test task).
+* ``vimage:<i>``: the i-th validation configuration of the real-image
+  families (``image_mlp``, ``image_conv``), for model selection as
+  ``validation``.
 * ``heldout:<i>``: the i-th held-out configuration of the meta-training
   ensemble (``metatrain.tasks.holdout_configs``); final loss = exact
   full-batch loss, metric = meta-training's meta-objective (lower is
@@ -32,7 +35,7 @@ from evaluators import data
 from evaluators.runner import Problem
 from metatrain.training import unroll
 from metatrain.tasks import (build_task, default_ensemble, holdout_configs,
-                             validation_configs)
+                             image_validation_ensemble, validation_configs)
 
 SMALL = {
     "fmnist_convnet": ("fashion_mnist", "convnet"),
@@ -46,7 +49,8 @@ RETINA = ("retina_cnn", "retina_ln", "retina_cnn_natural",
 
 
 def known_tasks() -> list[str]:
-  return [*SMALL, *IMAGENET, *RETINA, "heldout:<i>", "validation:<i>"]
+  return [*SMALL, *IMAGENET, *RETINA, "heldout:<i>", "validation:<i>",
+          "vimage:<i>"]
 
 
 def _ce(logits, labels):
@@ -175,8 +179,12 @@ def _heldout(name: str) -> Problem:
   except ValueError:
     raise ValueError(f"bad {kind} task {name!r}: use {kind}:<index>, "
                      f"e.g. {kind}:0") from None
-  configs = holdout_configs if kind == "heldout" else validation_configs
-  tc = configs(i + 1, default_ensemble())[i]
+  if kind == "heldout":
+    tc = holdout_configs(i + 1, default_ensemble())[i]
+  elif kind == "validation":
+    tc = validation_configs(i + 1, default_ensemble())[i]
+  else:  # vimage: validation configs of the real-image families
+    tc = validation_configs(i + 1, image_validation_ensemble())[i]
   task = build_task(tc)
 
   def init(k):
@@ -207,7 +215,7 @@ def _cached(name: str, frozen: tuple) -> Problem:
   if name in RETINA:
     from evaluators import retina_problems  # pylint: disable=import-outside-toplevel
     return retina_problems.build(name, settings)
-  if name.startswith(("heldout:", "validation:")):
+  if name.startswith(("heldout:", "validation:", "vimage:")):
     return _heldout(name)
   raise ValueError(f"unknown evaluation task {name!r}; known: "
                    f"{', '.join(known_tasks())}")

@@ -7,8 +7,9 @@ A suite is a frozen ``SuiteConfig`` built from a preset name plus
   on a CPU.
 * ``heldout``: the 12 held-out configurations of the meta-training
   ensemble, 200 steps, 4 seeds.
-* ``validation``: 12 validation configurations of the ensemble (choosing
-  checkpoints and settings; never the test tasks), as ``heldout``.
+* ``validation``: 12 validation configurations of the ensemble and 4 of
+  its real-image families (``vimage``), for choosing checkpoints and
+  settings (never the test tasks), as ``heldout``.
 * ``imagenet``: Inception V3 and ResNet-50 V2, thousands of steps; for
   accelerator hosts (``image_size``, ``batch_size`` and ``steps`` shrink it
   for smoke tests).
@@ -134,7 +135,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "adam_lrs": list(_LR_GRID), "rmsprop_lrs": list(_LR_GRID),
                 "learned_lrs": list(_LR_GRID),
                 "sgdm_lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]},
-    "validation": {"tasks": [f"validation:{i}" for i in range(12)],
+    # 12 ensemble configs and 4 of the real-image families (3 MLPs, one
+    # ConvNet: the ConvNets cost ~40x an MLP per run on a CPU).
+    "validation": {"tasks": [*(f"validation:{i}" for i in range(12)),
+                             *(f"vimage:{i}" for i in range(1, 5))],
                    "steps": 200, "seeds": 4, "eval_every": 0, "chunk": 200,
                    "adam_lrs": list(_LR_GRID), "rmsprop_lrs": list(_LR_GRID),
                    "learned_lrs": list(_LR_GRID),

@@ -13,6 +13,7 @@ from metatrain.tasks.ensemble import (HOLDOUT_ENSEMBLE, HOLDOUT_SEED,
                                       VALIDATION_SEED, Ensemble,
                                       default_ensemble, ensemble_for,
                                       holdout_configs, holdout_ensemble,
+                                      image_validation_ensemble,
                                       validation_configs)
 from metatrain.tasks.buckets import build_bucket, split
 from metatrain.tasks.registry import FAMILIES, build_task
@@ -23,4 +24,4 @@ __all__ = ["FAMILIES", "HOLDOUT_ENSEMBLE", "HOLDOUT_SEED", "TRANSFORMS",
            "Task", "TaskConfig", "TaskFamily", "Transform", "build_bucket",
            "build_task", "default_ensemble",
            "ensemble_for", "holdout_configs", "holdout_ensemble",
-           "split", "validation_configs"]
+           "image_validation_ensemble", "split", "validation_configs"]

@@ -227,6 +227,12 @@ def holdout_configs(n: int = 16, ensemble: Ensemble | None = None
                         _FROZEN_HOLDOUT.get(ensemble, ensemble))
 
 
+def image_validation_ensemble() -> Ensemble:
+  """The real-image families (2:1 MLPs to ConvNets) with the default
+  transforms: ``validation_configs`` of it are the ``vimage`` tasks."""
+  return Ensemble((("image_mlp", 2.0), ("image_conv", 1.0)))
+
+
 def validation_configs(n: int = 16, ensemble: Ensemble | None = None
                        ) -> list[TaskConfig]:
   """Fixed validation configs of ``ensemble`` (default: the default one).

@@ -88,3 +88,18 @@ def test_curves_are_thinned_but_keep_the_last_point():
                        metrics={}, sec_per_step=0.0, compile_s=0.0, wall_s=0.0)
   curve = r.to_json(max_points=50)["curve"]
   assert len(curve) <= 50 and curve[-1] == [999, 999.0] and curve[0][0] == 0
+
+
+def test_image_validation_tasks_are_their_families_validation_configs():
+  from metatrain import tasks
+  p = problems.build("vimage:3")
+  cfg = tasks.validation_configs(4, tasks.image_validation_ensemble())[3]
+  assert p.key == ("vimage", cfg.to_json())
+  assert cfg.family in ("image_mlp", "image_conv")
+  # The suite that picks checkpoints has them; the held-out test suite not.
+  from evaluators import suites
+  assert "vimage:1" in suites.load("validation").tasks
+  assert not any(t.startswith("vimage") for t in suites.load("heldout").tasks)
+  adam = runner.run(p, baselines.baseline("adam", 3e-3), steps=100, seed=0,
+                    chunk=100)
+  assert adam.track_curve[-1][1] < 0.8 * adam.track_curve[0][1]
