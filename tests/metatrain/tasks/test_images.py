@@ -158,3 +158,13 @@ def _missing(split, data_dir, dirs):
   del split, data_dir
   raise FileNotFoundError(f"Fashion-MNIST not found in {dirs}: `sudo "
                           "apt-get install dataset-fashion-mnist`")
+
+
+def test_the_im2col_convolution_is_lax_conv():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 5))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, 7))
+  b = jnp.arange(7.0)
+  want = jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+  np.testing.assert_allclose(images._conv(x, w, b), want, rtol=1e-5,
+                             atol=1e-5)
