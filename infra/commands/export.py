@@ -127,6 +127,7 @@ def export_checkpoint(workdir: str, out: str, step: int | None = None,
       "train_config": train_cfg,
       "meta_training": {
           "steps": step, "seconds": counters.get("train_seconds"),
+          "cpu_seconds": counters.get("train_cpu_seconds"),
           "sessions": info.get("sessions", [])},
       "evaluation": evaluation_summary(_records(workdir), step),
       "lopt_version": _version(),

@@ -323,6 +323,7 @@ def run(cfg: TrainConfig, args, evaluator_pool=None,
        f"{state.step} -> {steps_target}, workdir {workdir}")
   tb = _TB(Workdir(workdir).tb)
   t0, start_step = time.time(), state.step
+  cpu0 = time.process_time()
   base = dict(state.counters)  # restored counters of earlier sessions
   record_session(workdir, start_step)
   evals = None
@@ -363,6 +364,10 @@ def run(cfg: TrainConfig, args, evaluator_pool=None,
   def sync_session_counters(st: learner.LearnerState) -> None:
     st.counters["train_seconds"] = round(
         base.get("train_seconds", 0) + time.time() - t0, 1)
+    # CPU time of this process, all threads: all of meta-training's compute
+    # with --workers 0 (Ray workers' time is their own).
+    st.counters["train_cpu_seconds"] = round(
+        base.get("train_cpu_seconds", 0) + time.process_time() - cpu0, 1)
     if evals is not None:
       for k, v in evals.counters.items():
         st.counters[k] = base.get(k, 0) + v
