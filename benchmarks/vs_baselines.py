@@ -315,7 +315,8 @@ def plot(part: str, a: dict, path: str) -> None:
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--lopt", default=None,
-                  help="optimizer file (default: the shipped hrnn-v1)")
+                  help="optimizer file (default: the shipped default, "
+                  "metatrain.pretrained())")
   ap.add_argument("--workdir", default="/tmp/lopt-vs-baselines")
   ap.add_argument("--parts", default="heldout,small1k,retina")
   ap.add_argument("--seeds", type=int, default=0,

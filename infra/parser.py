@@ -119,7 +119,8 @@ def build_parser(parser_class=argparse.ArgumentParser
                  help="output dir: config.json, checkpoints/, tb/, lopt.log "
                  f"(default: {DEFAULT_WORKDIR})")
   t.add_argument("--config", default="default",
-                 help="preset name (default, v2, fixed_step, tiny, paper) or a JSON file")
+                 help="preset name (default: the shipped optimizer's "
+                 "recipe, now v2; v1; tiny; paper) or a JSON file")
   t.add_argument("--set", action="append", metavar="KEY=VALUE",
                  help="override a config field, e.g. --set tasks.num_groups=8")
   t.add_argument("--address", default=None,

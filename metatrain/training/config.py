@@ -226,37 +226,40 @@ def _merge(base: dict, over: dict) -> dict:
   return out
 
 
-# The recipe of the shipped hrnn-v1 (benchmarks/runs.md, run pes8): PES
-# meta-gradients, Adam 1e-3 on theta, the step-size head 10x faster, an
-# ensemble weighted towards neural networks (55% mlp, logistic and
-# matmul_algorithm), a checkpoint every 10 steps (the 1000-step validation
-# peak is narrow and early, ~40 steps; checkpoints are ~0.3 MB; `lopt export
-# --best`).
-_DEFAULT = {"meta_grad": {"estimator": "pes"},
-            "meta_opt": {"learning_rate": 1e-3},
-            "hrnn": {"lr_head_gain": 10.0},
-            "tasks": {"weights": ["mlp=3", "logistic=3",
-                                  "matmul_algorithm=1.5", "fn2d=1",
-                                  "quadratic=1.5", "bowl=1"]},
-            "learner": {"save_every": 10, "keep_every": 10}}
+# The recipe of hrnn-v1 (benchmarks/runs.md, run pes8): PES meta-gradients,
+# Adam 1e-3 on theta, the step-size head 10x faster, an ensemble weighted
+# towards neural networks (55% mlp, logistic and matmul_algorithm), a
+# checkpoint every 10 steps (the 1000-step validation peak is narrow and
+# early, ~40 steps; checkpoints are ~0.3 MB; `lopt export --best`).
+_V1 = {"meta_grad": {"estimator": "pes"},
+       "meta_opt": {"learning_rate": 1e-3},
+       "hrnn": {"lr_head_gain": 10.0},
+       "tasks": {"weights": ["mlp=3", "logistic=3", "matmul_algorithm=1.5",
+                             "fn2d=1", "quadratic=1.5", "bowl=1"]},
+       "learner": {"save_every": 10, "keep_every": 10}}
+
+# The recipe of hrnn-v2 (benchmarks/runs.md, session 28; issue 23): v1 plus
+# the real-image families (ReLU/GELU MLPs and tiny ConvNets on 8x8
+# Fashion-MNIST and photo patches; needs the dataset), a fixed global step
+# (the step's RMS is Adam's at the user's rate: meta-training learns where
+# the step goes, the user sets its size), per-task rates log-uniform in
+# [3e-4, 3e-2], tasks living 100-2,000 steps (log-uniform) from random
+# offsets, sign-of-difference PES (blind to each task's loss scale), and
+# Adam 3e-4 on theta (1e-3 drifted after ~1,000 meta-steps in session 28).
+_V2 = _merge(_V1, {
+    "meta_opt": {"learning_rate": 3e-4},
+    "hrnn": {"global_step": "fixed"},
+    "unroll": {"lr_range": [3e-4, 3e-2],
+               "task_steps_range": [100.0, 2000.0]},
+    "meta_grad": {"pes_loss_diff": "sign"},
+    "tasks": {"weights": [*_V1["tasks"]["weights"], "image_mlp=2",
+                          "image_conv=1.5"]}})
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": _DEFAULT,
-    # Issue 23's first candidate (run B_v2 in benchmarks/runs.md): the user
-    # sets the global step (the optimizer's step has Adam's RMS at the
-    # user's rate, which each task draws log-uniform over half a decade
-    # either side of 1e-3, the default), tasks live 100 to 2,000 steps
-    # (log-uniform) and start at random offsets. Lost to "default" at equal
-    # budget (300 meta-steps) on validation: kept to reproduce that run.
-    "fixed_step": _merge(_DEFAULT, {
-        "hrnn": {"global_step": "fixed"},
-        "unroll": {"lr_range": [3e-4, 3e-3],
-                   "task_steps_range": [100.0, 2000.0]}}),
-    # The default preset plus the real-image families (ReLU/GELU MLPs and
-    # tiny ConvNets on 8x8 Fashion-MNIST, metatrain.tasks.images; needs the
-    # dataset).
-    "v2": _merge(_DEFAULT, {"tasks": {"weights": [
-        *_DEFAULT["tasks"]["weights"], "image_mlp=2", "image_conv=1.5"]}}),
+    # The recipe of the shipped optimizer (metatrain.pretrained()).
+    "default": _V2,
+    "v2": _V2,
+    "v1": _V1,
     # Small enough for tests and smoke runs: a few seconds per meta-step.
     "tiny": {"unroll": {"tasks_per_group": 2, "min_steps": 10,
                         "max_steps": 10,

@@ -31,6 +31,19 @@ def test_a_stored_config_without_a_new_field_loads_the_same_on_both_paths(
 def test_presets_and_partial_files_take_todays_defaults(tmp_path):
   assert config_lib.load("default").hrnn.nominal_adam is True
   assert config_lib.load("default").hrnn.lr_head_gain == 10.0
+  # default is the shipped optimizer's recipe, hrnn-v2's (issue 23): the
+  # user sets the global step, sign PES, per-task rates, task lives, images.
+  v2 = config_lib.load("default")
+  assert v2 == config_lib.load("v2")
+  assert v2.hrnn.global_step == "fixed"
+  assert v2.meta_grad.pes_loss_diff == "sign"
+  assert v2.unroll.lr_range == (3e-4, 3e-2)
+  assert v2.unroll.task_steps_range == (100.0, 2000.0)
+  assert {"image_mlp", "image_conv"} <= set(dict(
+      v2.tasks.ensemble().weights))
+  v1 = config_lib.load("v1")  # hrnn-v1's recipe
+  assert v1.hrnn.global_step == "learned" and not v1.unroll.lr_range
+  assert "image_mlp" not in dict(v1.tasks.ensemble().weights)
   assert config_lib.load("tiny").hrnn == HRNNConfig()
   assert config_lib.load("paper").hrnn.nominal_adam is False
   path = tmp_path / "mine.json"
