@@ -128,6 +128,7 @@ def export_checkpoint(workdir: str, out: str, step: int | None = None,
       "meta_training": {
           "steps": step, "seconds": counters.get("train_seconds"),
           "cpu_seconds": counters.get("train_cpu_seconds"),
+          "task_steps": counters.get("task_steps"),
           "sessions": info.get("sessions", [])},
       "evaluation": evaluation_summary(_records(workdir), step),
       "lopt_version": _version(),
