@@ -31,10 +31,11 @@ def test_a_stored_config_without_a_new_field_loads_the_same_on_both_paths(
 def test_presets_and_partial_files_take_todays_defaults(tmp_path):
   assert config_lib.load("default").hrnn.nominal_adam is True
   assert config_lib.load("default").hrnn.lr_head_gain == 10.0
-  # default is the shipped optimizer's recipe, hrnn-v2's (issue 23): the
-  # user sets the global step, sign PES, per-task rates, task lives, images.
-  v2 = config_lib.load("default")
-  assert v2 == config_lib.load("v2")
+  # default is the shipped optimizer's recipe, hrnn-v1's; v2 is issue 23's
+  # candidate: the user sets the global step, sign PES, per-task rates,
+  # task lives, images.
+  assert config_lib.load("default") == config_lib.load("v1")
+  v2 = config_lib.load("v2")
   assert v2.hrnn.global_step == "fixed"
   assert v2.meta_grad.pes_loss_diff == "sign"
   assert v2.unroll.lr_range == (3e-4, 3e-2)

@@ -240,13 +240,14 @@ def test_presets_pick_their_estimator():
     cfg = config_lib.load(name)
     assert cfg.meta_grad == config_lib.MetaGradConfig()
     assert cfg.meta_grad.estimator == "bptt"
-  cfg = config_lib.load("default")  # hrnn-v2's: sign-of-difference PES
+  # "default" (= v1, hrnn-v1's recipe) uses PES; v2 sign-of-difference PES.
+  assert config_lib.load("default").meta_grad == config_lib.MetaGradConfig(
+      estimator="pes")
+  cfg = config_lib.load("v2")
   assert cfg.meta_grad == config_lib.MetaGradConfig(estimator="pes",
                                                     pes_loss_diff="sign")
-  assert config_lib.load("v1").meta_grad == config_lib.MetaGradConfig(
-      estimator="pes")
   assert cfg.meta_opt.learning_rate == 3e-4
-  assert config_lib.load("v1").meta_opt.learning_rate == 1e-3
+  assert config_lib.load("default").meta_opt.learning_rate == 1e-3
   cfg = config_lib.load("tiny", ["meta_grad.estimator=pes",
                                  "meta_grad.pes_std=0.02"])
   assert dataclasses.replace(cfg.meta_grad, pes_std=0.01) == \
