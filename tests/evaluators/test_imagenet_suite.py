@@ -32,7 +32,8 @@ def test_imagenet_suite_trains_each_model_with_both_optimizers(
   wd = tmp_path / "wd"
   tiny = [f'tasks=["{model}"]', "image_size=75", "steps=2", "batch_size=2",
           "eval_examples=4", "seeds=1", 'baselines=["adam"]',
-          "adam_lrs=[0.001]", "dtype=float32", "eval_every=0",
+          "adam_lrs=[0.001]", "learned_lrs=[]", "dtype=float32",
+          "eval_every=0",
           "fast_compile=true", f"data_dir={fake_imagenet_data_dir}"]
   out = subprocess.run(
       [sys.executable, "-m", "infra.cli", "evaluate", "--workdir", str(wd),

@@ -420,7 +420,8 @@ def test_train_and_evaluate_jobs_on_a_two_node_cluster(ray_cluster,
   out = _lopt(*base, *on_worker, "evaluate", "--workdir", wd, "--once",
               "--set", 'tasks=["digits_mlp"]', "--set", "steps=10", "--set",
               "seeds=1", "--set", 'baselines=["adam"]', "--set",
-              "adam_lrs=[0.01]", "--set", "eval_every=0", env=env)
+              "adam_lrs=[0.01]", "--set", "learned_lrs=[0.01]", "--set",
+              "eval_every=0", env=env)
   assert out.returncode == 0, out.stderr
   eval_id = launch.job_id_pattern().search(out.stdout).group(0)
   # Follow it to the end through the CLI: the exit code is the job's.
@@ -442,9 +443,10 @@ def test_train_and_evaluate_jobs_on_a_two_node_cluster(ray_cluster,
   records = [json.loads(line) for line in
              open(os.path.join(wd, "eval", "records.jsonl"))]
   final = [r for r in records if r["source"] == "step:2"]
-  # The job evaluated the trained checkpoint: learned and its tuned Adam.
+  # The job evaluated the trained checkpoint: learned at its default rate
+  # and on its rate grid (the tuned comparison), and its tuned Adam.
   assert {(r["optimizer"], r["hparams"].get("learning_rate")) for r in final
-          } == {("learned", None), ("adam", 0.01)}
+          } == {("learned", None), ("learned", 0.01), ("adam", 0.01)}
   assert all(r["task"] == "digits_mlp" and r["steps_done"] == 10 and
              r["final_loss"] is not None for r in final)
 
