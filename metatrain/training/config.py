@@ -54,13 +54,16 @@ class MetaGradConfig:
   pes_pairs: int = 8  # antithetic pairs (2x particles) per PES group
   mix_pes_fraction: float = 0.5  # "mix": chance that a new group uses PES
   # How a PES pair's two losses weigh its perturbation: "raw" (their
-  # difference: the unbiased estimate) or "sign" (only its sign, as VeLO:
-  # blind to each task's loss scale; ``pes.pes_meta_grad``).
+  # difference: the unbiased estimate), "sign" (only its sign, as VeLO:
+  # blind to each task's loss scale) or "normalized" (the difference over
+  # the RMS of its group's differences: blind to the task's scale, keeping
+  # the pairs' relative sizes); ``pes.pes_meta_grad``.
   pes_loss_diff: str = "raw"
 
   def __post_init__(self):
-    if self.pes_loss_diff not in ("raw", "sign"):
-      raise ValueError(f"meta_grad.pes_loss_diff must be 'raw' or 'sign', "
+    if self.pes_loss_diff not in ("raw", "sign", "normalized"):
+      raise ValueError(f"meta_grad.pes_loss_diff must be 'raw', 'sign' or "
+                       f"'normalized', "
                        f"got {self.pes_loss_diff!r}")
     if self.estimator not in ESTIMATORS:
       raise ValueError(f"meta_grad.estimator must be one of "

@@ -136,13 +136,14 @@ class TaskGroup:
     if self.estimator == "pes":
       n = pes.num_pairs(self.states)
       k_run, k_eps = jax.random.split(key)
-      sign = cfg.meta_grad.pes_loss_diff == "sign"
+      loss_diff = cfg.meta_grad.pes_loss_diff
       programs.note(("pes", self.bucket, scan_len, cfg.unroll, cfg.hrnn,
-                     sign))
+                     loss_diff))
       grad, self.states, metrics = pes.pes_meta_grad(
           theta, self.states, jax.random.split(k_run, n), k_eps, length,
           cfg.meta_grad.pes_std, self.hparams, task_config=self.bucket,
-          hcfg=cfg.hrnn, ucfg=cfg.unroll, scan_len=scan_len, sign=sign)
+          hcfg=cfg.hrnn, ucfg=cfg.unroll, scan_len=scan_len,
+          loss_diff=loss_diff)
       members = 2 * n
     else:
       members = cfg.unroll.tasks_per_group

@@ -116,11 +116,11 @@ def pending_pes_states(theta, key, hparams=None, *, task_config: TaskSpec,
 
 
 @functools.partial(jax.jit, static_argnames=("task_config", "hcfg", "ucfg",
-                                             "scan_len", "sign"))
+                                             "scan_len", "loss_diff"))
 def pes_meta_grad(theta, state: PESState, keys, eps_key, length, std,
                   hparams=None, *, task_config: TaskSpec, hcfg: HRNNConfig,
                   ucfg: unroll.UnrollConfig, scan_len: int,
-                  sign: bool = False):
+                  loss_diff: str = "raw"):
   """One forward-only truncation of every particle; the PES estimate.
 
   Args:
@@ -131,11 +131,16 @@ def pes_meta_grad(theta, state: PESState, keys, eps_key, length, std,
     length: steps of the truncation (``scan_len`` is its bucket).
     std: the perturbation standard deviation (traced: no recompiles).
     hparams: a bucket's hyperparameters (``task_config`` a bucket), or None.
-    sign: use only the sign of each pair's loss difference (VeLO's ES):
-      ``g = sum_i xi_i sign(L_i^+ - L_i^-) / (N std)``, blind to the scale
-      of each task's losses (a task whose meta-loss moves a lot no longer
-      outweighs the others); its magnitude is not the gradient's, which
-      the meta-optimizer (Adam, clipped) does not need.
+    loss_diff: how each pair's loss difference ``d_i = L_i^+ - L_i^-``
+      weighs its accumulated perturbation (``MetaGradConfig.pes_loss_diff``):
+      "raw", the unbiased estimate above; "sign" (VeLO's ES),
+      ``g = sum_i xi_i sign(d_i) / (N std)``, blind to the scale of each
+      task's losses (a task whose meta-loss moves a lot no longer outweighs
+      the others); "normalized", ``g = sum_i xi_i (d_i / rms(d)) / (N std)``
+      with ``rms(d)`` over the group's pairs (one task configuration), as
+      blind to the task's scale as "sign" (same overall magnitude) but
+      keeping which pairs' differences are larger. Neither magnitude is the
+      gradient's, which the meta-optimizer (Adam, clipped) does not need.
 
   Returns:
     ``(grad, new_state, metrics)`` with ``group_meta_grad``'s metrics,
@@ -180,14 +185,20 @@ def pes_meta_grad(theta, state: PESState, keys, eps_key, length, std,
     ok = ok & jnp.all(jnp.isfinite(a.reshape(n, -1)), 1)
   n_ok = jnp.sum(ok)
   # (std = 0, allowed here for tests, gives a zero estimate, not 0/0.)
-  if sign:
-    scale = jnp.where(ok, jnp.sign(lp - lm), 0.0) / (
-        jnp.maximum(std, jnp.finfo(jnp.float32).tiny) *
-        jnp.maximum(n_ok, 1).astype(jnp.float32))
+  tiny = jnp.finfo(jnp.float32).tiny
+  n_div = jnp.maximum(n_ok, 1).astype(jnp.float32)
+  d = jnp.where(ok, lp - lm, 0.0)
+  if loss_diff == "sign":
+    scale = jnp.sign(d) / (jnp.maximum(std, tiny) * n_div)
+  elif loss_diff == "normalized":
+    rms = jnp.sqrt(jnp.sum(d * d) / n_div)
+    scale = jnp.where(rms > 0, d / jnp.maximum(rms, tiny), 0.0) / (
+        jnp.maximum(std, tiny) * n_div)
+  elif loss_diff == "raw":
+    scale = d / (2.0 * jnp.maximum(std**2, tiny) * n_div)
   else:
-    scale = jnp.where(ok, lp - lm, 0.0) / (
-        2.0 * jnp.maximum(std**2, jnp.finfo(jnp.float32).tiny) *
-        jnp.maximum(n_ok, 1).astype(jnp.float32))
+    raise ValueError(f"loss_diff must be 'raw', 'sign' or 'normalized', got "
+                     f"{loss_diff!r}")
   grad = jax.tree_util.tree_map(
       lambda a: jnp.tensordot(scale, jnp.where(_bcast(ok, a), a, 0.0),
                               axes=1), accum)

@@ -91,3 +91,11 @@ def test_non_finite_numbers_are_refused_where_json_could_not_store_them(
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "must be a finite number" in err[0]
   assert not wd.exists()  # no config.json with Infinity in it
+
+
+def test_pes_loss_diff_takes_its_three_modes_and_names_them_otherwise():
+  for mode in ("raw", "sign", "normalized"):
+    cfg = config_lib.load("v2", [f"meta_grad.pes_loss_diff={mode}"])
+    assert cfg.meta_grad.pes_loss_diff == mode
+  with pytest.raises(ValueError, match="'raw', 'sign' or 'normalized'"):
+    config_lib.load("v2", ["meta_grad.pes_loss_diff=rank"])

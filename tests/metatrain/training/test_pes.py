@@ -113,7 +113,7 @@ def test_sign_estimate_weighs_each_pair_by_the_sign_of_its_difference():
   keys = jax.random.split(jax.random.PRNGKey(0), PAIRS)
   g, _, m = pes.pes_meta_grad(THETA, s0, keys, jax.random.PRNGKey(10), 4, STD,
                               task_config=QUAD, hcfg=HCFG, ucfg=UCFG,
-                              scan_len=4, sign=True)
+                              scan_len=4, loss_diff="sign")
   assert int(m["num_good"]) == 2 * PAIRS
   eps = pes.perturbations(THETA, jax.random.PRNGKey(10), PAIRS, STD)
   e = np.stack([_flat(jax.tree_util.tree_map(lambda x, i=i: x[i], eps))
@@ -126,6 +126,34 @@ def test_sign_estimate_weighs_each_pair_by_the_sign_of_its_difference():
                                   ucfg=UCFG, scan_len=4)
   raw, *_ = np.linalg.lstsq(e.T, _flat(g_raw), rcond=None)
   np.testing.assert_array_equal(np.sign(raw), np.sign(s))
+
+
+def test_normalized_estimate_weighs_pairs_by_their_difference_over_its_rms():
+  # "normalized": sum_i eps_i (d_i / rms(d)) / (N std). Solved for the
+  # coefficients as above: they are the raw estimate's up to one positive
+  # factor (the pairs keep their relative sizes) with mean square 1 (the
+  # task's loss scale is gone, as with "sign").
+  s0 = _init()
+  keys = jax.random.split(jax.random.PRNGKey(0), PAIRS)
+  eps = pes.perturbations(THETA, jax.random.PRNGKey(10), PAIRS, STD)
+  e = np.stack([_flat(jax.tree_util.tree_map(lambda x, i=i: x[i], eps))
+                for i in range(PAIRS)])
+  coef = {}
+  for mode in ("raw", "normalized"):
+    g, _, m = pes.pes_meta_grad(THETA, s0, keys, jax.random.PRNGKey(10), 4,
+                                STD, task_config=QUAD, hcfg=HCFG, ucfg=UCFG,
+                                scan_len=4, loss_diff=mode)
+    assert int(m["num_good"]) == 2 * PAIRS
+    coef[mode], *_ = np.linalg.lstsq(e.T, _flat(g), rcond=None)
+  s = coef["normalized"] * PAIRS * STD
+  np.testing.assert_allclose(np.mean(s**2), 1.0, rtol=1e-3)
+  ratio = s / coef["raw"]
+  assert np.all(ratio > 0)
+  np.testing.assert_allclose(ratio, np.median(ratio), rtol=1e-3)
+  with pytest.raises(ValueError, match="normalized"):
+    pes.pes_meta_grad(THETA, s0, keys, jax.random.PRNGKey(10), 4, STD,
+                      task_config=QUAD, hcfg=HCFG, ucfg=UCFG, scan_len=4,
+                      loss_diff="rank")
 
 
 def test_divergence_resets_both_members_and_estimates_stay_finite():
