@@ -16,7 +16,11 @@ error over blocks of ``--block`` steps (consecutive steps share tasks, so
 they are not independent; 25 is the default group-resampling period).
 
 The runs' ``config.json`` files are compared first: the fields that differ
-are printed, and the seed and the task settings must agree.
+are printed, and the seed and the task settings must agree. A PES run's
+meta-loss is its perturbed particles' mean, which a larger
+``meta_grad.pes_std`` raises by itself (the noise costs loss): runs with
+different stds are compared with a warning, and only their trends mean
+something.
 """
 
 from __future__ import annotations
@@ -79,6 +83,15 @@ def check_paired(base: dict, other: dict, name: str) -> None:
                      "paired with the first run's")
 
 
+def perturbation_differs(base: dict, other: dict) -> bool:
+  """Whether the two runs' logged meta-losses average particles perturbed
+  by different amounts (PES std, or PES in one run only)."""
+  def std(cfg):
+    mg = cfg.get("meta_grad", {})
+    return mg.get("pes_std") if mg.get("estimator") in ("pes", "mix") else 0
+  return std(base) != std(other)
+
+
 def band_rows(runs: list[dict[int, float]], bands: list[int], block: int):
   """Per band: (lo, hi, n, means per run, (mean diff, stderr) per other)."""
   common = sorted(set.intersection(*(set(r) for r in runs)))
@@ -116,6 +129,9 @@ def main(argv=None) -> None:
     check_paired(loaded[0][0], cfg, name)
     print(f"{name} vs {names[0]}: " + ("; ".join(
         config_differences(loaded[0][0], cfg)) or "same config"))
+    if perturbation_differs(loaded[0][0], cfg):
+      print(f"  warning: {name} perturbs theta by another std: its "
+            "meta-losses (the particles' mean) carry another noise cost")
   header = ["steps", "n"] + [f"{n} meta_loss" for n in names] + [
       f"{n} - {names[0]} (se)" for n in names[1:]]
   print("| " + " | ".join(header) + " |")

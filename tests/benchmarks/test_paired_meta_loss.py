@@ -35,6 +35,12 @@ def test_runs_with_one_seed_are_paired(tmp_path, benchmark_module, capsys):
   assert "b vs a: meta_opt.learning_rate: 0.003 -> 0.1" in out
   assert "| 2-3 | 2 |" in out
 
+  assert "warning" not in out
+  pes = {"meta_grad": {"estimator": "pes", "pes_std": 0.01}}
+  assert not mod.perturbation_differs(pes, pes)
+  assert mod.perturbation_differs(
+      pes, {"meta_grad": {"estimator": "pes", "pes_std": 0.03}})
+  assert mod.perturbation_differs(cfg_a, pes)  # tiny uses BPTT
   with pytest.raises(SystemExit, match="not paired"):
     mod.check_paired(cfg_a, dict(cfg_a, seed=1), "c")
   with pytest.raises(SystemExit, match="no config.json"):
