@@ -436,7 +436,8 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
       ``config.init_lr``. The step is this rate times the learned,
       relative corrections: it scales linearly with ``learning_rate /
       config.init_lr`` (with ``config.global_step == "fixed"`` its RMS over
-      all parameters is exactly Adam's at this rate).
+      all parameters is exactly Adam's at this rate; with "capped" at
+      most Adam's).
 
   Returns:
     ``(updates, new_state)``: add ``updates`` to the params (optax
@@ -502,6 +503,9 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
   step = step * rate_scale
   if cfg.global_step == "fixed":
     step = step * _fixed_step_factor(cfg, layout, new, step, t1, rate_scale)
+  elif cfg.global_step == "capped":
+    step = step * jnp.minimum(
+        1.0, _fixed_step_factor(cfg, layout, new, step, t1, rate_scale))
 
   # Per-tensor and global GRUs.
   h_tensor, h_global = state.h_tensor, state.h_global

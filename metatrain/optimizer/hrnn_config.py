@@ -76,7 +76,11 @@ class HRNNConfig:
   # parameters equals Adam's step at the user's rate; the learned parts
   # decide only where (per-tensor and per-parameter relative rates) and in
   # which direction it goes, as Celo2's normalised update does. Needs
-  # nominal_adam (Adam's moments are the reference).
+  # nominal_adam (Adam's moments are the reference). "capped": the user's
+  # rate is a ceiling: a step whose RMS would exceed Adam's at the rate is
+  # scaled down to it, a smaller one is kept, so meta-training can learn
+  # when to step less (warm-up, decay, per-tensor rates) but never to
+  # multiply the user's rate.
   global_step: str = "learned"
   # Storage dtype of the per-parameter state (GRU state, averages, decays,
   # log-LRs, Adam moments): "float32", or "bfloat16" to halve its memory.
@@ -110,11 +114,12 @@ class HRNNConfig:
       errors.append("lr_correction_range needs dynamic_output_scale")
     if not self.lr_head_gain > 0:
       errors.append(f"lr_head_gain must be > 0, got {self.lr_head_gain!r}")
-    if self.global_step not in ("learned", "fixed"):
-      errors.append(f"global_step must be 'learned' or 'fixed', got "
-                    f"{self.global_step!r}")
-    if self.global_step == "fixed" and not self.nominal_adam:
-      errors.append("global_step='fixed' needs nominal_adam (the reference "
+    if self.global_step not in ("learned", "fixed", "capped"):
+      errors.append(f"global_step must be 'learned', 'fixed' or 'capped', "
+                    f"got {self.global_step!r}")
+    if self.global_step != "learned" and not self.nominal_adam:
+      errors.append(f"global_step={self.global_step!r} needs nominal_adam "
+                    "(the reference "
                     "step is Adam's)")
     if self.state_dtype not in ("float32", "bfloat16"):
       errors.append(f"state_dtype must be 'float32' or 'bfloat16', got "

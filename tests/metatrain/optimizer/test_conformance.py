@@ -179,8 +179,43 @@ def test_fixed_global_step_has_adams_rms_whatever_theta_says():
   assert sizes[1] > 2 * sizes[0]
 
 
+CAPPED = dataclasses.replace(CFG, global_step="capped")
+
+
+def test_capped_global_step_untrained_is_adam():
+  ours, _ = _updates(metatrain.hrnn_optax(CAPPED, hrnn.init_theta(
+      jax.random.PRNGKey(0), CAPPED), learning_rate=3e-3), 10)
+  _close(ours, _updates(optax.adam(3e-3), 10)[0])
+
+
+def test_capped_global_step_keeps_smaller_steps_and_caps_larger_ones():
+  # The user's rate is a ceiling: a learned step larger than Adam's at the
+  # rate is scaled to Adam's RMS; a smaller one is the learned step itself.
+  adam = _rms(_updates(optax.adam(2e-3), 1)[0][0])
+  sides = set()
+  for b_lr in (-3.0, -0.8, 0.8):
+    theta = _trained_like(CAPPED, b_lr)
+    learned, _ = _updates(metatrain.hrnn_optax(CFG, theta,
+                                               learning_rate=2e-3), 1)
+    capped, _ = _updates(metatrain.hrnn_optax(CAPPED, theta,
+                                              learning_rate=2e-3), 1)
+    if _rms(learned[0]) > adam:
+      sides.add("capped")
+      assert _rms(capped[0]) == pytest.approx(adam, rel=1e-5)
+      # Scaled, not redirected: the same direction as the learned step.
+      np.testing.assert_allclose(
+          np.asarray(capped[0]["w"]) * _rms(learned[0]) / adam,
+          np.asarray(learned[0]["w"]), rtol=1e-4, atol=1e-9)
+    else:
+      sides.add("kept")
+      _close(capped, learned)
+  assert sides == {"capped", "kept"}
+
+
 def test_fixed_global_step_needs_nominal_adam():
   with pytest.raises(ValueError, match="global_step='fixed' needs"):
     hrnn.HRNNConfig.paper(global_step="fixed")
+  with pytest.raises(ValueError, match="global_step='capped' needs"):
+    hrnn.HRNNConfig.paper(global_step="capped")
   with pytest.raises(ValueError, match="global_step must be"):
     hrnn.HRNNConfig(global_step="auto")
