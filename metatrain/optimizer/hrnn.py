@@ -501,11 +501,11 @@ def update(config: HRNNConfig, theta: Theta, state: HRNNState, grads: Any,
   n_t = layout.tensor_sizes(cdt)[:, None]
   rate_scale = _rate_scale(cfg, learning_rate, cdt)
   step = step * rate_scale
-  if cfg.global_step == "fixed":
-    step = step * _fixed_step_factor(cfg, layout, new, step, t1, rate_scale)
-  elif cfg.global_step == "capped":
-    step = step * jnp.minimum(
-        1.0, _fixed_step_factor(cfg, layout, new, step, t1, rate_scale))
+  if cfg.global_step != "learned":  # "fixed" or "capped": Adam's RMS
+    factor = _fixed_step_factor(cfg, layout, new, step, t1, rate_scale)
+    if cfg.global_step == "capped":  # only ever scale down
+      factor = jnp.minimum(1.0, factor)
+    step = step * factor
 
   # Per-tensor and global GRUs.
   h_tensor, h_global = state.h_tensor, state.h_global

@@ -119,8 +119,7 @@ class HRNNConfig:
                     f"got {self.global_step!r}")
     if self.global_step != "learned" and not self.nominal_adam:
       errors.append(f"global_step={self.global_step!r} needs nominal_adam "
-                    "(the reference "
-                    "step is Adam's)")
+                    "(the reference step is Adam's)")
     if self.state_dtype not in ("float32", "bfloat16"):
       errors.append(f"state_dtype must be 'float32' or 'bfloat16', got "
                     f"{self.state_dtype!r}")
