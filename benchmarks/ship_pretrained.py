@@ -53,6 +53,29 @@ def _score(select_dir, suite, source):
   return records.score(rows), rows
 
 
+def paired_vs_start(tuned: dict, start: dict) -> dict:
+  """A candidate's tuned final loss over the untrained start's, per task.
+
+  The start is Adam: this is the candidate's gain over Adam with the same
+  rate search, and its spread over tasks is the evaluation's noise (the
+  start against tuned Adam itself differs by up to ~10% on a task,
+  benchmarks/README.md). ``z`` is the mean log-ratio over its standard
+  error (negative: better than the start); |z| < 2 is noise.
+  """
+  if any(math.isinf(tuned.get(t, 0.0)) for t in start):  # diverged: loses
+    return {"geomean": math.inf, "wins": 0, "z": math.nan}
+  logs = [math.log(tuned[t] / start[t]) for t in start
+          if t in tuned and 0 < tuned[t] and 0 < start[t] < math.inf]
+  n = len(logs)
+  if n < 2 or n < len(start):  # incomplete (no sweep) or solved to 0
+    return {"geomean": None, "wins": 0, "z": math.nan}
+  mean = sum(logs) / n
+  sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
+  return {"geomean": math.exp(mean),
+          "wins": sum(x < math.log(1 - records.TIE) for x in logs),
+          "z": 0.0 if sd == 0 else mean / (sd / math.sqrt(n))}
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--workdir", action="append", default=[])
@@ -109,8 +132,13 @@ def main(argv=None) -> int:
   def num(v):
     return v if v is not None and math.isfinite(v) else None
 
+  start_tuned = None
   for label, wd, step, src in cands:
-    s, _ = _score(args.select_dir, suite, src)
+    s, rows = _score(args.select_dir, suite, src)
+    tuned = {r["task"]: r["learned_tuned"] for r in rows}
+    if start_tuned is None:
+      start_tuned = tuned
+    paired = paired_vs_start(tuned, start_tuned)
     if args.choose_default_rate:
       # The default rate is chosen on these validation runs, as Adam's
       # 1e-3 was by its authors: the grid rate that is best as one rate for
@@ -135,6 +163,10 @@ def main(argv=None) -> int:
                    "geomean_default": num(s["geomean_default"]),
                    "wins": s["wins"], "wins_tuned": s["wins_tuned"],
                    "wins_default": s["wins_default"], "tasks": s["tasks"],
+                   "geomean_tuned_adam": num(s["geomean_tuned_adam"]),
+                   "wins_tuned_adam": s["wins_tuned_adam"],
+                   "tuned_vs_start": {k: num(v) if isinstance(v, float) else v
+                                      for k, v in paired.items()},
                    "diverged": s["diverged"]})
     n = s["tasks"]
     print(f"{label}: selection {_g(s['selection'])}; untuned vs tuned "
@@ -142,6 +174,10 @@ def main(argv=None) -> int:
           f"{_g(s['geomean_tuned'])} ({s['wins_tuned']}/{n}), default vs "
           f"default {_g(s['geomean_default'])} ({s['wins_default']}/{n}); "
           f"diverged {s['diverged']}", flush=True)
+    print(f"{label}: tuned vs tuned Adam {_g(s['geomean_tuned_adam'])} "
+          f"({s['wins_tuned_adam']}/{n}); tuned vs the start's tuned, "
+          f"paired {_g(paired['geomean'])} ({paired['wins']}/{n} wins, "
+          f"{paired['z']:+.1f} standard errors)", flush=True)
   best = min(range(len(cands)), key=lambda i: (
       math.inf if scored[i]["selection"] is None
       else scored[i]["selection"]))

@@ -73,4 +73,6 @@ class BestCheckpoint:
             "geomean_default": num(s["geomean_default"]),
             "tasks": s["tasks"], "tasks_won": s["wins"],
             "tasks_won_tuned": s["wins_tuned"],
+            "geomean_tuned_adam": num(s["geomean_tuned_adam"]),
+            "tasks_won_tuned_adam": s["wins_tuned_adam"],
             "tasks_diverged": s["diverged"]}

@@ -58,7 +58,7 @@ def _lr_cell(loss: float, lr: Any, width: int = 18) -> str:
 
 
 def summary_lines(s: dict[str, Any]) -> list[str]:
-  """The three comparisons' headline lines from a ``records.score``."""
+  """The comparisons' headline lines from a ``records.score``."""
   n = s["tasks"]
 
   def one(label, wins, geo, what):
@@ -73,6 +73,9 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
       one("tuned vs tuned (learned rate swept vs the best tuned baseline)",
           s["wins_tuned"], s["geomean_tuned"],
           "no learned-rate sweep: suite learned_lrs=[]"),
+      one("tuned vs tuned Adam (learned rate swept vs Adam tuned per task)",
+          s["wins_tuned_adam"], s["geomean_tuned_adam"],
+          "no learned-rate sweep or no Adam runs"),
       one("untuned vs tuned (learned at its default rate vs the best tuned "
           "baseline)", s["wins"], s["geomean_ratio"], "incomplete")
       + f"; {s['diverged']} diverged"

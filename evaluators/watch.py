@@ -240,10 +240,11 @@ class Evaluator:
       self._tb.add_scalar("eval/tasks_won", float(sc["wins"]), step)
       self._tb.add_scalar("eval/tasks_diverged",
                           float(np.sum(np.isinf(ratios))), step)
-      for key in ("geomean_ratio", "geomean_tuned", "geomean_default"):
+      for key in ("geomean_ratio", "geomean_tuned", "geomean_default",
+                  "geomean_tuned_adam"):
         if sc[key] is not None and math.isfinite(sc[key]):
           self._tb.add_scalar(f"eval/{key}", sc[key], step)
-      for key in ("wins_tuned", "wins_default"):
+      for key in ("wins_tuned", "wins_default", "wins_tuned_adam"):
         self._tb.add_scalar(f"eval/tasks_{key}", float(sc[key]), step)
       self._tb.flush()
       self._tb_done.add(src)

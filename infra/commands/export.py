@@ -54,6 +54,8 @@ def evaluation_summary(recs: list[dict[str, Any]], step: int
       "tasks_won_tuned": s["wins_tuned"],
       "geomean_default_to_adam_1e-3": num(s["geomean_default"]),
       "tasks_won_default": s["wins_default"],
+      "geomean_tuned_to_tuned_adam": num(s["geomean_tuned_adam"]),
+      "tasks_won_tuned_adam": s["wins_tuned_adam"],
       "selection": num(s["selection"]),
       "tasks_diverged": s["diverged"], "complete": s["complete"],
       "per_task": [{"task": r["task"], "learned_final_loss": num(r["learned"]),

@@ -93,6 +93,32 @@ def test_three_comparisons_default_tuned_and_untuned():
   assert math.isclose(s["selection"], 1.0)
 
 
+def test_tuned_vs_tuned_adam_is_against_adam_alone():
+  # SGD-M tuned (0.1) beats Adam tuned (0.2): the learned optimizer's tuned
+  # 0.15 loses to the best baseline but beats Adam alone.
+  recs = [
+      _rec("1", "adam", 0.5, 1e-3), _rec("2", "adam", 0.2, 1e-2),
+      _rec("3", "sgdm", 0.1, 0.1),
+      _rec("4", "learned", 0.4),
+      _rec("5", "learned", 0.15, 1e-2), _rec("6", "learned", 0.3, 1e-3),
+  ]
+  (row,) = records.summarize(recs, "step:5")
+  assert math.isclose(row["ratio_tuned"], 0.15 / 0.1)
+  assert row["winner_tuned"] == "sgdm"
+  assert math.isclose(row["ratio_tuned_adam"], 0.15 / 0.2)
+  assert row["winner_tuned_adam"] == "learned"
+  s = records.score([row])
+  assert (s["wins_tuned"], s["wins_tuned_adam"]) == (0, 1)
+  assert math.isclose(s["geomean_tuned_adam"], 0.75)
+  # The selection score does not read it.
+  assert math.isclose(s["selection"], math.sqrt(4.0 * 1.5))
+  # Without Adam runs it is missing, not won.
+  (row,) = records.summarize([r for r in recs if r["optimizer"] != "adam"],
+                             "step:5")
+  assert row["winner_tuned_adam"] == "incomplete"
+  assert records.score([row])["geomean_tuned_adam"] is None
+
+
 def test_without_a_sweep_the_tuned_comparison_is_missing_not_won():
   recs = [_rec("1", "adam", 0.5, 1e-2), _rec("2", "learned", 0.25)]
   (row,) = records.summarize(recs, "step:5")
