@@ -1,0 +1,121 @@
+"""Where is the meta-gradient, and do task groups agree on it?
+
+Usage:
+  python benchmarks/meta_grad_agreement.py [--config v2] [--set a.b=c ...]
+      [--workdir W [--step N]] [--groups 8] [--seed 123]
+
+At one theta (the config's untrained start, or a checkpoint of ``--workdir``
+with that run's config), samples ``--groups`` task groups from the
+training ensemble as meta-training does, computes each group's meta-
+gradient for one truncation with the config's estimator, and prints per
+group of theta (the top-level keys):
+- its share of the summed squared gradient norm: where the gradient is;
+- the mean (and standard deviation) over pairs of groups of the cosine
+  between their gradients: whether the tasks pull the same way (1: all
+  agree; about 0: no common direction that a meta-optimizer could follow).
+A group whose gradient is exactly zero for every task shows "zero".
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from metatrain.distributed import checkpoints  # noqa: E402
+from metatrain.optimizer import hrnn  # noqa: E402
+from metatrain.optimizer.structs import from_dict  # noqa: E402
+from metatrain.training import config as config_lib  # noqa: E402
+from metatrain.training import meta_step  # noqa: E402
+
+
+def flat_groups(tree: dict) -> dict[str, np.ndarray]:
+  """Each top-level entry of a theta-shaped dict as one float64 vector."""
+  return {k: np.concatenate([np.ravel(np.asarray(x, np.float64))
+                             for x in jax.tree_util.tree_leaves(v)])
+          for k, v in sorted(tree.items())}
+
+
+def agreement(grads: list[dict[str, np.ndarray]]) -> list[dict]:
+  """Rows for "all" and each theta group: ``size``, ``share`` of the
+  squared norm, ``cos`` and ``cos_sd`` over pairs of gradients (None when
+  every gradient of the group is zero; pairs with a zero side are left
+  out)."""
+  keys = list(grads[0])
+  total = sum(float(np.sum(g[k] ** 2)) for g in grads for k in keys)
+  rows = []
+  for name in ["all"] + keys:
+    vecs = [np.concatenate([g[k] for k in keys]) if name == "all"
+            else g[name] for g in grads]
+    norms = [float(np.linalg.norm(v)) for v in vecs]
+    cs = [float(a @ b) / (na * nb) for (a, na), (b, nb)
+          in itertools.combinations(zip(vecs, norms), 2) if na and nb]
+    rows.append({"group": name, "size": int(vecs[0].size),
+                 "share": (sum(n * n for n in norms) / total if total
+                           else 0.0),
+                 "cos": float(np.mean(cs)) if cs else None,
+                 "cos_sd": float(np.std(cs)) if cs else None})
+  return rows
+
+
+def _theta_and_config(args):
+  if not args.workdir:
+    cfg = config_lib.load(args.config, args.set)
+    return cfg, hrnn.init_theta(jax.random.PRNGKey(cfg.seed), cfg.hrnn), \
+        "the untrained start"
+  with open(os.path.join(args.workdir, "config.json"), encoding="utf-8") as f:
+    d = json.load(f)
+  config_lib.apply_overrides(d, args.set)
+  cfg = from_dict(config_lib.TrainConfig, d)
+  with checkpoints.Checkpointer(args.workdir, read_only=True) as ck:
+    step = args.step if args.step is not None else ck.latest_step()
+    _, theta = ck.restore_lopt(step)
+  return cfg, jax.tree_util.tree_map(np.asarray, theta), \
+      f"{args.workdir} step {step}"
+
+
+def main(argv=None) -> list[dict]:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--config", default="v2")
+  ap.add_argument("--set", action="append", default=[])
+  ap.add_argument("--workdir", default="")
+  ap.add_argument("--step", type=int, default=None)
+  ap.add_argument("--groups", type=int, default=8)
+  ap.add_argument("--seed", type=int, default=123)
+  args = ap.parse_args(argv)
+  if args.groups < 2:
+    ap.error("--groups must be >= 2 (cosines are over pairs)")
+  cfg, theta, where = _theta_and_config(args)
+  ensemble = cfg.tasks.ensemble()
+  rng = np.random.default_rng(args.seed)
+  grads, t0 = [], time.time()
+  for i in range(args.groups):
+    group = meta_step.TaskGroup.sample(rng, ensemble, cfg, theta)
+    grad, _, _ = group.meta_grad(theta, rng, cfg)
+    grads.append(flat_groups(grad))
+    print(f"group {i + 1}/{args.groups}: {group.label} "
+          f"({time.time() - t0:.0f} s)", flush=True)
+  rows = agreement(grads)
+  print(f"\nAt {where}: estimator {cfg.meta_grad.estimator}, "
+        f"{args.groups} task groups, one truncation each\n")
+  print("| theta group | size | share of squared norm | cosine between "
+        "groups, mean (sd) |")
+  print("|---|---:|---:|---:|")
+  for r in rows:
+    cos = ("zero" if r["cos"] is None
+           else f"{r['cos']:+.3f} ({r['cos_sd']:.3f})")
+    print(f"| {r['group']} | {r['size']} | {r['share']:.3f} | {cos} |")
+  return rows
+
+
+if __name__ == "__main__":
+  main()
