@@ -16,6 +16,13 @@ def test_agreement_of_equal_opposite_and_zero_gradients(benchmark_module):
   rows = {r["group"]: r for r in mod.agreement([a, b])}
   assert rows["x"]["cos"] == pytest.approx(-1.0)
   assert rows["x"]["cos_sd"] == pytest.approx(0.0)
+  # Two truncations of each of two task groups: within a group the
+  # gradients agree, between the groups they are orthogonal.
+  c = {"x": np.array([0.0, 3.0]), "z": np.zeros(3)}
+  rows = {r["group"]: r for r in mod.agreement([a, a, c, c], [0, 0, 1, 1])}
+  assert rows["x"]["cos_within"] == pytest.approx(1.0)
+  assert rows["x"]["cos"] == pytest.approx(2 / np.sqrt(5))
+  assert rows["z"]["cos_within"] is None
 
 
 def test_at_the_nominal_adam_start_only_the_readouts_have_a_gradient(
