@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 import time
@@ -35,18 +34,12 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.theta_drift import flat_groups  # noqa: E402
 from metatrain.distributed import checkpoints  # noqa: E402
+from metatrain.distributed.workdir import Workdir  # noqa: E402
 from metatrain.optimizer import hrnn  # noqa: E402
-from metatrain.optimizer.structs import from_dict  # noqa: E402
 from metatrain.training import config as config_lib  # noqa: E402
 from metatrain.training import meta_step  # noqa: E402
-
-
-def flat_groups(tree: dict) -> dict[str, np.ndarray]:
-  """Each top-level entry of a theta-shaped dict as one float64 vector."""
-  return {k: np.concatenate([np.ravel(np.asarray(x, np.float64))
-                             for x in jax.tree_util.tree_leaves(v)])
-          for k, v in sorted(tree.items())}
 
 
 def _cosines(vecs: list[np.ndarray], same: list[int], within: bool
@@ -89,10 +82,7 @@ def _theta_and_config(args):
     cfg = config_lib.load(args.config, args.set)
     return cfg, hrnn.init_theta(jax.random.PRNGKey(cfg.seed), cfg.hrnn), \
         "the untrained start"
-  with open(os.path.join(args.workdir, "config.json"), encoding="utf-8") as f:
-    d = json.load(f)
-  config_lib.apply_overrides(d, args.set)
-  cfg = from_dict(config_lib.TrainConfig, d)
+  cfg = config_lib.load(Workdir(args.workdir).config, args.set)
   with checkpoints.Checkpointer(args.workdir, read_only=True) as ck:
     step = args.step if args.step is not None else ck.latest_step()
     _, theta = ck.restore_lopt(step)

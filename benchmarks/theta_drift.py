@@ -14,8 +14,8 @@ meta-gradient is noise random-walks (ratio near 1/sqrt(segments) for SGD).
 
 The meta-optimizer's momentum smooths noise, which raises a random walk's
 ratio, so the script prints, beside the runs, the same ratio for the run's
-meta-optimizer (``meta_opt`` in its config.json: Adam or RMSProp at its
-learning rate) fed Gaussian noise plus a constant signal of a given size
+meta-optimizer (``meta_opt`` in its config.json, built as meta-training
+builds it: the clips, then Adam or RMSProp at its rate) fed Gaussian noise plus a constant signal of a given size
 per coordinate, over the same segments: the noise floor (signal 0) and a
 calibration from which a group's ratio reads as a per-step signal-to-noise
 ratio of its meta-gradient.
@@ -24,7 +24,6 @@ ratio of its meta-gradient.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -36,6 +35,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from metatrain.distributed import checkpoints  # noqa: E402
+from metatrain.distributed.workdir import Workdir  # noqa: E402
+from metatrain.training import config as config_lib  # noqa: E402
+from metatrain.training import meta_step  # noqa: E402
 
 SIGNALS = (0.0, 0.05, 0.1, 0.2, 0.5)
 
@@ -48,15 +50,14 @@ def drift_ratio(traj: list[np.ndarray]) -> tuple[float, float, float]:
   return net, path, (net / path if path > 0 else float("nan"))
 
 
-def simulated_ratio(meta_opt: dict, segments: int, every: int,
-                    signal: float, dim: int = 4096, seed: int = 0) -> float:
-  """The ratio of ``drift_ratio`` for the meta-optimizer on gradients
-  ``signal + N(0, 1)`` per coordinate, sampled every ``every`` steps."""
-  lr = float(meta_opt.get("learning_rate", 1e-3))
-  if meta_opt.get("name", "adam") == "rmsprop":
-    opt = optax.rmsprop(lr, decay=float(meta_opt.get("rmsprop_decay", 0.9)))
-  else:
-    opt = optax.adam(lr)
+def simulated_ratio(meta_opt: config_lib.MetaOptConfig, segments: int,
+                    every: int, signal: float, dim: int = 4096,
+                    seed: int = 0) -> float:
+  """The ratio of ``drift_ratio`` for the run's meta-optimizer
+  (``meta_step.meta_optimizer``: its clips, then Adam or RMSProp) on
+  gradients ``signal + N(0, 1)`` per coordinate, sampled every ``every``
+  steps."""
+  opt = meta_step.meta_optimizer(meta_opt)
   key = jax.random.PRNGKey(seed)
   steps = segments * every
 
@@ -75,13 +76,11 @@ def simulated_ratio(meta_opt: dict, segments: int, every: int,
   return drift_ratio(traj)[2]
 
 
-def _flat_groups(theta: dict) -> dict[str, np.ndarray]:
-  out = {}
-  for name, sub in sorted(theta.items()):
-    leaves = jax.tree_util.tree_leaves(sub)
-    out[name] = np.concatenate([np.ravel(np.asarray(x, np.float64))
-                                for x in leaves])
-  return out
+def flat_groups(tree: dict) -> dict[str, np.ndarray]:
+  """Each top-level entry of a theta-shaped dict as one float64 vector."""
+  return {k: np.concatenate([np.ravel(np.asarray(x, np.float64))
+                             for x in jax.tree_util.tree_leaves(v)])
+          for k, v in sorted(tree.items())}
 
 
 def load_trajectory(workdir: str, start: int, stop: int, every: int
@@ -96,7 +95,7 @@ def load_trajectory(workdir: str, start: int, stop: int, every: int
           f"{workdir}: {len(steps)} checkpoints in [{start}, {stop}] at "
           f"multiples of {every}; need 3 (train with learner.save_every="
           f"{every} and keep_last or keep_every that keeps them)")
-    thetas = [_flat_groups(ck.restore_lopt(s)[1]) for s in steps]
+    thetas = [flat_groups(ck.restore_lopt(s)[1]) for s in steps]
   return steps, thetas
 
 
@@ -111,13 +110,12 @@ def main(argv=None) -> None:
     ap.error("need --every >= 1 and --stop > --start")
   floors: dict[tuple, list[float]] = {}
   for wd in args.workdirs:
-    with open(os.path.join(wd, "config.json"), encoding="utf-8") as f:
-      meta_opt = json.load(f).get("meta_opt", {})
+    meta_opt = config_lib.load(Workdir(wd).config).meta_opt
     steps, thetas = load_trajectory(wd, args.start, args.stop, args.every)
     segments = len(steps) - 1
     print(f"\n### {wd}: meta-steps {steps[0]}-{steps[-1]}, {segments} "
-          f"segments, meta-optimizer {meta_opt.get('name', 'adam')} "
-          f"{meta_opt.get('learning_rate')}\n")
+          f"segments, meta-optimizer {meta_opt.name} "
+          f"{meta_opt.learning_rate:g}\n")
     print("| group | size | net | path | net / path |")
     print("|---|---:|---:|---:|---:|")
     allv = [np.concatenate(list(t.values())) for t in thetas]
@@ -126,8 +124,7 @@ def main(argv=None) -> None:
       net, path, r = drift_ratio(traj)
       print(f"| {name} | {traj[0].size} | {net:.4g} | {path:.4g} | "
             f"{r:.3f} |")
-    key = (meta_opt.get("name", "adam"), meta_opt.get("learning_rate"),
-           meta_opt.get("rmsprop_decay"), segments, args.every)
+    key = (meta_opt, segments, args.every)
     if key not in floors:
       floors[key] = [simulated_ratio(meta_opt, segments, args.every, s)
                      for s in SIGNALS]

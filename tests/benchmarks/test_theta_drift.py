@@ -9,6 +9,7 @@ import pytest
 
 from infra import cli
 from metatrain.distributed import checkpoints
+from metatrain.training.config import MetaOptConfig
 
 
 def test_drift_ratio_of_a_line_and_a_zigzag(benchmark_module):
@@ -23,14 +24,15 @@ def test_drift_ratio_of_a_line_and_a_zigzag(benchmark_module):
 
 def test_the_noise_floor_is_below_a_signal(benchmark_module):
   mod = benchmark_module("theta_drift")
-  adam = {"name": "adam", "learning_rate": 3e-4}
+  adam = MetaOptConfig(name="adam", learning_rate=3e-4)
   floor = mod.simulated_ratio(adam, segments=49, every=10, signal=0.0)
   weak = mod.simulated_ratio(adam, segments=49, every=10, signal=0.2)
   strong = mod.simulated_ratio(adam, segments=49, every=10, signal=100.0)
   # Momentum smooths noise above SGD's 1/sqrt(49) = 0.14, far below a line.
   assert 1 / 7 < floor < 0.3 < weak < strong
   assert strong > 0.99
-  rms = mod.simulated_ratio({"name": "rmsprop", "learning_rate": 1e-3},
+  rms = mod.simulated_ratio(MetaOptConfig(name="rmsprop",
+                                          learning_rate=1e-3),
                             segments=49, every=10, signal=100.0)
   assert rms > 0.99
 
