@@ -59,6 +59,13 @@ class MetaGradConfig:
   # the RMS of its group's differences: blind to the task's scale, keeping
   # the pairs' relative sizes); ``pes.pes_meta_grad``.
   pes_loss_diff: str = "raw"
+  # Scale each task group's meta-gradient (one truncation, BPTT or PES) to
+  # unit global norm before groups are averaged, so that every group's
+  # direction counts the same. Off, a group whose BPTT gradient explodes
+  # (norms up to 2e12 in run bp) is the whole averaged gradient, which the
+  # meta-optimizer's norm clip then only shrinks; on, it is blind to each
+  # task's loss and gradient scale, as sign PES is within a group.
+  normalize_groups: bool = False
 
   def __post_init__(self):
     if self.pes_loss_diff not in ("raw", "sign", "normalized"):

@@ -153,8 +153,28 @@ class TaskGroup:
           self.hparams, task_config=self.bucket, hcfg=cfg.hrnn,
           ucfg=cfg.unroll, scan_len=scan_len)
       metrics = dict(metrics, grad_weight=metrics["num_good"] / members)
+    if cfg.meta_grad.normalize_groups:
+      grad, norm = unit_norm(grad)
+      metrics = dict(metrics, group_grad_norm=norm)
     self.age += 1
     return grad, metrics, length * members
+
+
+def unit_norm(grad) -> tuple[Any, jax.Array]:
+  """``grad`` over its global norm, and that norm.
+
+  It is divided by its largest magnitude first, so that a finite gradient
+  whose squared norm overflows float32 is scaled too. A zero gradient (no
+  task of the group counted) stays zero, and a non-finite one is returned
+  as it is, for the learner to count and drop.
+  """
+  leaves = jax.tree_util.tree_leaves(grad)
+  amax = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
+  ok = jnp.isfinite(amax) & (amax > 0)
+  pre = jax.tree_util.tree_map(lambda g: g / jnp.where(ok, amax, 1.0), grad)
+  norm = optax.tree.norm(pre)
+  out = jax.tree_util.tree_map(lambda g: g / jnp.where(ok, norm, 1.0), pre)
+  return out, jnp.where(ok, amax * norm, jnp.where(amax == 0, 0.0, amax))
 
 
 def average_grads(results: list[tuple[Any, dict]]) -> tuple[Any, dict]:

@@ -47,3 +47,40 @@ def test_a_group_starts_its_tasks_in_the_first_truncation():
   assert np.all(np.asarray(g.states.step) == cfg.unroll.min_steps)
   x = np.asarray(g.states.params["x"])
   assert np.all(x != 0) and not np.allclose(x[0], x[1])  # own instances
+
+
+def test_unit_norm_scales_to_norm_one_and_passes_bad_gradients_through():
+  g, n = meta_step.unit_norm({"a": np.array([3.0, 0.0]),
+                              "b": np.array([[4.0]])})
+  np.testing.assert_allclose(g["a"], [0.6, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(g["b"], [[0.8]], rtol=1e-6)
+  assert float(n) == pytest.approx(5.0)
+  # Its squared norm overflows float32; the result is still the unit vector.
+  g, n = meta_step.unit_norm({"a": np.array([3e20, 4e20], np.float32)})
+  np.testing.assert_allclose(g["a"], [0.6, 0.8], rtol=1e-6)
+  assert float(n) == pytest.approx(5e20, rel=1e-6)
+  g, n = meta_step.unit_norm({"a": np.zeros(3)})
+  assert np.all(np.asarray(g["a"]) == 0) and float(n) == 0
+  g, n = meta_step.unit_norm({"a": np.array([1.0, np.nan])})
+  assert np.isnan(np.asarray(g["a"])[1]) and not np.isfinite(float(n))
+
+
+@pytest.mark.parametrize("estimator", ["bptt", "pes"])
+def test_normalize_groups_gives_the_group_gradient_over_its_norm(estimator):
+  sets = [f"meta_grad.estimator={estimator}", "meta_grad.pes_pairs=1"]
+  plain = config.load("tiny", sets)
+  unit = config.load("tiny", [*sets, "meta_grad.normalize_groups=true"])
+  theta = hrnn.init_theta(jax.random.PRNGKey(0), plain.hrnn)
+  out = {}
+  for name, cfg in (("plain", plain), ("unit", unit)):
+    group = meta_step.TaskGroup.of(B, 1, cfg, theta)
+    out[name] = group.meta_grad(theta, np.random.default_rng(0), cfg)[:2]
+  (g0, m0), (g1, m1) = out["plain"], out["unit"]
+  flat0 = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g0)])
+  flat1 = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g1)])
+  norm = np.linalg.norm(flat0)
+  assert norm > 0
+  np.testing.assert_allclose(flat1, flat0 / norm, rtol=1e-4, atol=1e-7)
+  assert float(m1["group_grad_norm"]) == pytest.approx(norm, rel=1e-4)
+  assert float(m1["meta_loss"]) == float(m0["meta_loss"])
+  assert "group_grad_norm" not in m0

@@ -255,6 +255,7 @@ def test_mixed_trainer_holds_both_kinds_of_groups():
     ("meta_grad.mix_pes_fraction=1.5", "mix_pes_fraction must be in"),
     ("meta_grad.pes_pairs=2.5", "must be an integer"),
     ("meta_grad.antithetic=true", "unknown config key"),
+    ("meta_grad.normalize_groups=yes", "must be true/false"),
 ])
 def test_config_validation(override, message):
   with pytest.raises(ValueError, match=message):
