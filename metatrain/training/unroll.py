@@ -93,6 +93,15 @@ class UnrollConfig:
   # of a run are spread over every phase of training. () (the default):
   # truncations_mean.
   task_steps_range: tuple[float, ...] = ()
+  # Truncated BPTT keeps every inner step's activations for the backward
+  # pass: for 8 ConvNets on 8x8 images (a 512-image full-batch loss per
+  # step, 40 steps) that is GBs per program, and glibc keeps the peak
+  # (run bp was killed for memory at 24 GB, runs.md). True: each step is
+  # recomputed in the backward pass from its carried params and optimizer
+  # state (``jax.checkpoint``), so a truncation holds one step's
+  # activations; same gradient, one more forward per step. PES and
+  # evaluation take no gradient through the unroll: no effect there.
+  remat: bool = True
 
   def __post_init__(self):
     object.__setattr__(self, "lr_range", tuple(float(x) for x in
@@ -262,7 +271,8 @@ def _truncation(theta, state: TaskUnrollState, key, length, *, task, hcfg,
 
   init = (state.params, state.opt_state, jnp.zeros((), bool))
   (params, opt_state, diverged), (terms, fs) = jax.lax.scan(
-      body, init, jnp.arange(scan_len))
+      jax.checkpoint(body, prevent_cse=False) if ucfg.remat else body, init,
+      jnp.arange(scan_len))
   n_active = jnp.minimum(length, scan_len).astype(jnp.float32)
   meta_loss = jnp.sum(terms) / n_active
   new_state = state.replace(
