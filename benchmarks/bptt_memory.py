@@ -9,8 +9,9 @@ Samples ``--samples`` task configs from the config's training ensemble (as
 meta-training does), keeps the first of each program bucket, and compiles
 each bucket's BPTT group program (``unroll.group_meta_grad``: the config's
 group size and longest truncation) twice, with ``unroll.remat`` off and on.
-It prints XLA's memory analysis of both side by side: the temporaries are
-what the heap must hold at the program's peak, on top of its arguments.
+It prints XLA's memory analysis of both side by side (the temporaries are
+what the heap must hold at the program's peak, on top of its arguments),
+and the seconds each took to compile (no compile cache is used).
 
 With ``--run N`` it also runs each program N + 1 times on the same inputs
 (the first call warms up), printing the mean seconds of the last N, and
@@ -59,15 +60,20 @@ def buckets(cfg, samples: int, seed: int, families: set[str]):
 
 
 def measure(cfg, group, theta, remat: bool, run: int):
-  """``(memory analysis, mean seconds or None, gradient or None)``."""
+  """``({"temp", "args": bytes, "compile": seconds}, mean seconds of a
+  call or None, gradient or None)``."""
   ucfg = dataclasses.replace(cfg.unroll, remat=remat)
   scan_len = unroll.bucket(ucfg.max_steps, ucfg)
   keys = jax.random.split(jax.random.PRNGKey(1), ucfg.tasks_per_group)
   kw = dict(task_config=group.bucket, hcfg=cfg.hrnn, ucfg=ucfg,
             scan_len=scan_len)
   args = (theta, group.states, keys, ucfg.max_steps, group.hparams)
+  t0 = time.perf_counter()
   compiled = unroll.group_meta_grad.lower(*args, **kw).compile()
-  mem = compiled.memory_analysis()
+  seconds = time.perf_counter() - t0
+  stats = compiled.memory_analysis()
+  mem = {"temp": stats.temp_size_in_bytes,
+         "args": stats.argument_size_in_bytes, "compile": seconds}
   if not run:
     return mem, None, None
   grad = jax.block_until_ready(compiled(*args)[0])
@@ -94,7 +100,7 @@ def main(argv=None) -> int:
         f"{cfg.unroll.tasks_per_group} tasks x {cfg.unroll.max_steps} steps "
         f"per truncation; {len(groups)} buckets from {args.samples} samples")
   head = ("| bucket | arguments MiB | temporaries MiB, remat off | remat on "
-          "| off / on |")
+          "| off / on | compile s off | compile s on |")
   if args.run:
     head += " seconds off | seconds on | on / off | max grad difference |"
   print(head)
@@ -103,11 +109,10 @@ def main(argv=None) -> int:
   for name, g in groups:
     m0, t0, g0 = measure(cfg, g, theta, False, args.run)
     m1, t1, g1 = measure(cfg, g, theta, True, args.run)
-    peak = [max(peak[0], m0.temp_size_in_bytes),
-            max(peak[1], m1.temp_size_in_bytes)]
-    row = (f"| {name} | {_mib(m0.argument_size_in_bytes)} | "
-           f"{_mib(m0.temp_size_in_bytes)} | {_mib(m1.temp_size_in_bytes)} | "
-           f"{m0.temp_size_in_bytes / max(m1.temp_size_in_bytes, 1):.1f} |")
+    peak = [max(peak[0], m0["temp"]), max(peak[1], m1["temp"])]
+    row = (f"| {name} | {_mib(m0['args'])} | {_mib(m0['temp'])} | "
+           f"{_mib(m1['temp'])} | {m0['temp'] / max(m1['temp'], 1):.1f} | "
+           f"{m0['compile']:.1f} | {m1['compile']:.1f} |")
     if args.run:
       a = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g0)])
       b = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g1)])
