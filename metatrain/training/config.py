@@ -64,7 +64,9 @@ class MetaGradConfig:
   # direction counts the same. Off, a group whose BPTT gradient explodes
   # (norms up to 2e12 in run bp) is the whole averaged gradient, which the
   # meta-optimizer's norm clip then only shrinks; on, it is blind to each
-  # task's loss and gradient scale, as sign PES is within a group.
+  # task's loss and gradient scale, as sign PES is within a group. The
+  # logged |g| is then the norm of the groups' mean unit vector: 1 when
+  # they agree, about 1/sqrt(groups) when their directions are unrelated.
   normalize_groups: bool = False
 
   def __post_init__(self):

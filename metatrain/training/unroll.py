@@ -99,7 +99,8 @@ class UnrollConfig:
   # (run bp was killed for memory at 24 GB, runs.md). True: each step is
   # recomputed in the backward pass from its carried params and optimizer
   # state (``jax.checkpoint``), so a truncation holds one step's
-  # activations; same gradient, one more forward per step. PES and
+  # activations: 30x less memory, and faster overall despite one more
+  # forward per step (benchmarks/README.md, "BPTT memory"). PES and
   # evaluation take no gradient through the unroll: no effect there.
   remat: bool = True
 
