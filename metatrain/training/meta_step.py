@@ -154,8 +154,7 @@ class TaskGroup:
           ucfg=cfg.unroll, scan_len=scan_len)
       metrics = dict(metrics, grad_weight=metrics["num_good"] / members)
     if cfg.meta_grad.normalize_groups:
-      grad, norm = unit_norm(grad)
-      metrics = dict(metrics, group_grad_norm=norm)
+      grad, _ = unit_norm(grad)
     self.age += 1
     return grad, metrics, length * members
 
