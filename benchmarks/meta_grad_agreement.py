@@ -77,7 +77,10 @@ def agreement(grads: list[dict[str, np.ndarray]],
   return rows
 
 
-def _theta_and_config(args):
+def theta_and_config(args):
+  """``(config, theta, where)`` for ``--workdir``/``--step`` (a checkpoint,
+  with its run's config) or, without a workdir, ``--config``'s start;
+  ``--set`` overrides apply to either."""
   if not args.workdir:
     cfg = config_lib.load(args.config, args.set)
     return cfg, hrnn.init_theta(jax.random.PRNGKey(cfg.seed), cfg.hrnn), \
@@ -105,7 +108,7 @@ def main(argv=None) -> list[dict]:
   if args.groups < 2 or args.truncations < 1:
     ap.error("--groups must be >= 2 (cosines are over pairs) and "
              "--truncations >= 1")
-  cfg, theta, where = _theta_and_config(args)
+  cfg, theta, where = theta_and_config(args)
   ensemble = cfg.tasks.ensemble()
   rng = np.random.default_rng(args.seed)
   grads, labels, t0 = [], [], time.time()

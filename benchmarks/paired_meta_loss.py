@@ -16,7 +16,9 @@ error over blocks of ``--block`` steps (consecutive steps share tasks, so
 they are not independent; 25 is the default group-resampling period).
 
 The runs' ``config.json`` files are compared first: the fields that differ
-are printed, and the seed and the task settings must agree. A PES run's
+are printed, and the seed and the task and unroll settings must agree
+(except the unroll fields that change only how the gradient is taken:
+``stop_second_derivatives`` and ``remat``). A PES run's
 meta-loss is its perturbed particles' mean, which a larger
 ``meta_grad.pes_std`` raises by itself (the noise costs loss): runs with
 different stds are compared with a warning, and only their trends mean
@@ -40,6 +42,9 @@ from evaluators import tb_events  # noqa: E402
 
 # Config fields that decide which truncations a meta-step samples.
 _PAIRED_KEYS = ("seed", "tasks", "unroll")
+# Unroll fields that change only how the gradient is taken, not which
+# truncations are sampled nor their forward meta-loss.
+_GRADIENT_ONLY = ("unroll.stop_second_derivatives", "unroll.remat")
 
 
 def _flat(d, prefix=""):
@@ -76,7 +81,8 @@ def config_differences(base: dict, other: dict) -> list[str]:
 
 def check_paired(base: dict, other: dict, name: str) -> None:
   bad = [d for d in config_differences(base, other)
-         if d.split(".")[0].split(":")[0] in _PAIRED_KEYS]
+         if d.split(".")[0].split(":")[0] in _PAIRED_KEYS and
+         d.split(":")[0] not in _GRADIENT_ONLY]
   if bad:
     raise SystemExit(f"{name} does not sample the same truncations as the "
                      f"first run ({'; '.join(bad)}): its meta-losses are not "

@@ -3,6 +3,10 @@
 import numpy as np
 import pytest
 
+# Shares a worker (and so its compiled tiny-quadratic BPTT programs) with
+# test_meta_descent.py.
+_SHARED = pytest.mark.xdist_group("tiny_quadratic_bptt")
+
 
 def test_agreement_of_equal_opposite_and_zero_gradients(benchmark_module):
   mod = benchmark_module("meta_grad_agreement")
@@ -25,6 +29,7 @@ def test_agreement_of_equal_opposite_and_zero_gradients(benchmark_module):
   assert rows["z"]["cos_within"] is None
 
 
+@_SHARED
 def test_at_the_nominal_adam_start_only_the_readouts_have_a_gradient(
     benchmark_module, capsys):
   # The readouts start at zero, so the RNNs' weights have no first-order

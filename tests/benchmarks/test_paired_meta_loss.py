@@ -43,5 +43,12 @@ def test_runs_with_one_seed_are_paired(tmp_path, benchmark_module, capsys):
   assert mod.perturbation_differs(cfg_a, pes)  # tiny uses BPTT
   with pytest.raises(SystemExit, match="not paired"):
     mod.check_paired(cfg_a, dict(cfg_a, seed=1), "c")
+  with pytest.raises(SystemExit, match="unroll.max_steps"):
+    mod.check_paired(cfg_a, dict(cfg_a, unroll=dict(
+        cfg_a["unroll"], max_steps=20)), "c")
+  # How the gradient is taken changes neither the truncations nor their
+  # forward meta-loss: still paired.
+  mod.check_paired(cfg_a, dict(cfg_a, unroll=dict(
+      cfg_a["unroll"], stop_second_derivatives=True, remat=False)), "c")
   with pytest.raises(SystemExit, match="no config.json"):
     mod.load_run(str(tmp_path))
