@@ -3,7 +3,8 @@
 Usage:
   python benchmarks/meta_descent.py [--config v2] [--set a.b=c ...]
       [--workdir W [--step N]] [--groups 4] [--heldout 4]
-      [--eps 1e-4,3e-4,1e-3,3e-3] [--seed 123]
+      [--eps 1e-4,3e-4,1e-3,3e-3] [--seed 123] [--mean-only]
+      [--heldout-seed N]
 
 At one theta (the config's untrained start, or a checkpoint of
 ``--workdir`` with that run's config, as in ``meta_grad_agreement.py``),
@@ -102,16 +103,23 @@ def _l1(grad) -> float:
 
 
 def _mean_se(xs: list[float]) -> tuple[float, float]:
+  if not xs:
+    return float("nan"), float("nan")
   a = np.asarray(xs, np.float64)
   se = float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else float("nan")
   return float(a.mean()), se
 
 
 def descent(theta, cfg, groups: int, heldout: int, eps: list[float],
-            seed: int, log=functools.partial(print, flush=True)
+            seed: int, log=functools.partial(print, flush=True),
+            mean_only: bool = False, heldout_seed: int | None = None
             ) -> dict[tuple[str, str], list[tuple]]:
   """``{(direction, measured on): [(mean change, se) per eps]}`` (the
-  ``ROWS``' keys)."""
+  ``ROWS``' keys). ``mean_only`` measures only the mean gradient's rows
+  (and the prediction): the others cost ``groups**2`` replays per eps,
+  and are ``(nan, nan)``. ``heldout_seed``: sample the held-out groups
+  from their own generator (the same ones whatever ``groups``), instead of
+  continuing the groups' sampler."""
   ensemble = cfg.tasks.ensemble()
   rng = np.random.default_rng(seed)
   t0 = time.time()
@@ -130,8 +138,9 @@ def descent(theta, cfg, groups: int, heldout: int, eps: list[float],
         f"{base1[-1]:+.4f} then {base2[-1]:+.4f}, |g|_1 {_l1(grad):.3g} "
         f"({time.time() - t0:.0f} s)")
   held, base_h = [], []
+  rng_h = rng if heldout_seed is None else np.random.default_rng(heldout_seed)
   for i in range(heldout):
-    group = meta_step.TaskGroup.sample(rng, ensemble, cfg, theta)
+    group = meta_step.TaskGroup.sample(rng_h, ensemble, cfg, theta)
     held.append(_Replay(group, (seed, groups + i, 1)))
     base_h.append(held[-1].loss(theta, cfg))
     log(f"held-out group {i + 1}/{heldout}: {group.label} "
@@ -142,11 +151,14 @@ def descent(theta, cfg, groups: int, heldout: int, eps: list[float],
            for i, (g, _) in enumerate(grads)]
   for e in eps:
     own = {"same": [], "next": [], "other": [], "prediction": []}
-    control = {"same": [t1[i].loss(sign_step(theta, signs[i], e), cfg) -
-                        base1[i] for i in range(groups)]}
+    control = {"same": [] if mean_only else [
+        t1[i].loss(sign_step(theta, signs[i], e), cfg) - base1[i]
+        for i in range(groups)]}
     for i, (g, _) in enumerate(grads):
-      moved = sign_step(theta, g, e)
       own["prediction"].append(-e * _l1(g))
+      if mean_only:
+        continue
+      moved = sign_step(theta, g, e)
       own["same"].append(t1[i].loss(moved, cfg) - base1[i])
       own["next"].append(t2[i].loss(moved, cfg) - base2[i])
       own["other"] += [t1[j].loss(moved, cfg) - base1[j]
@@ -175,6 +187,12 @@ def main(argv=None) -> dict:
                   help="comma-separated sign-step sizes (Adam's first step "
                   "at that meta-learning rate)")
   ap.add_argument("--seed", type=int, default=123)
+  ap.add_argument("--mean-only", action="store_true",
+                  help="only the mean gradient's rows (for many groups: "
+                  "the other rows replay groups**2 truncations per eps)")
+  ap.add_argument("--heldout-seed", type=int, default=None,
+                  help="sample the held-out groups from this seed, the same "
+                  "whatever --groups (default: after the groups)")
   args = ap.parse_args(argv)
   try:
     eps = [float(x) for x in args.eps.split(",")]
@@ -184,7 +202,8 @@ def main(argv=None) -> dict:
     ap.error("--groups must be >= 2 (the 'other groups' row needs two), "
              "--heldout >= 1 and every --eps >= 0")
   cfg, theta, where = theta_and_config(args)
-  out = descent(theta, cfg, args.groups, args.heldout, eps, args.seed)
+  out = descent(theta, cfg, args.groups, args.heldout, eps, args.seed,
+                mean_only=args.mean_only, heldout_seed=args.heldout_seed)
   print(f"\nAt {where}: estimator {cfg.meta_grad.estimator}, {args.groups} "
         f"task groups, {args.heldout} held out. Change of the meta-loss "
         "after theta -= eps * sign(g), mean (se):\n")
@@ -193,7 +212,8 @@ def main(argv=None) -> dict:
   print("|---|" + "---:|" * len(eps))
   for d, m, label in ROWS:
     print(f"| {label} | " + " | ".join(
-        f"{mu:+.2e} ({se:.1e})" for mu, se in out[(d, m)]) + " |")
+        "-" if np.isnan(mu) else f"{mu:+.2e} ({se:.1e})"
+        for mu, se in out[(d, m)]) + " |")
   return out
 
 

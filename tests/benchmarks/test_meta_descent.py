@@ -44,3 +44,12 @@ def test_descent_replays_truncations_and_follows_the_gradient(
   changed, _ = out[("own", "same")][1]
   assert predicted < 0
   assert changed == pytest.approx(predicted, rel=0.1)
+
+  # mean_only replays only the mean gradient's rows: the same groups give
+  # the same figures, and the rest are left empty.
+  lean = mod.descent(theta, cfg, groups=2, heldout=1, eps=[1e-3], seed=123,
+                     log=lambda _: None, mean_only=True, heldout_seed=5)
+  assert lean[("mean", "same")][0] == out[("mean", "same")][1]
+  assert lean[("own", "prediction")][0] == out[("own", "prediction")][1]
+  for key in (("own", "same"), ("own", "other"), ("random", "same")):
+    assert np.isnan(lean[key][0][0]), key
