@@ -33,7 +33,9 @@ small eps, the gradient does not describe its own objective (chaos, or a
 bug), and the random-sign row says how large the noise it is lost in is;
 if it does and the other rows do not fall, what a meta-step learns is
 the sampled truncations' own noise, which meta-training averages away.
-A PES group's meta-loss is its perturbed particles' mean.
+A PES group's meta-loss is its perturbed particles' mean. With
+``meta_grad.normalize_groups`` each group's gradient is scaled to unit
+norm, so the prediction row is no longer a change of the meta-loss.
 """
 
 from __future__ import annotations
