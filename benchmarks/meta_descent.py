@@ -53,6 +53,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.meta_grad_agreement import add_theta_args  # noqa: E402
 from benchmarks.meta_grad_agreement import theta_and_config  # noqa: E402
 from metatrain.training import meta_step  # noqa: E402
 
@@ -125,7 +126,7 @@ def descent(theta, cfg, groups: int, heldout: int, eps: list[float],
   ensemble = cfg.tasks.ensemble()
   rng = np.random.default_rng(seed)
   t0 = time.time()
-  t1, t2, grads, base1, base2 = [], [], [], [], []
+  t1, t2, grads, l1s, base1, base2 = [], [], [], [], [], []
   for i in range(groups):
     group = meta_step.TaskGroup.sample(rng, ensemble, cfg, theta)
     first = _Replay(group, (seed, i, 1))
@@ -134,10 +135,11 @@ def descent(theta, cfg, groups: int, heldout: int, eps: list[float],
     t1.append(first)
     t2.append(second)
     grads.append((grad, metrics))
+    l1s.append(_l1(grad))
     base1.append(float(metrics["meta_loss"]))
     base2.append(second.loss(theta, cfg))
     log(f"group {i + 1}/{groups}: {group.label}, meta-loss "
-        f"{base1[-1]:+.4f} then {base2[-1]:+.4f}, |g|_1 {_l1(grad):.3g} "
+        f"{base1[-1]:+.4f} then {base2[-1]:+.4f}, |g|_1 {l1s[-1]:.3g} "
         f"({time.time() - t0:.0f} s)")
   held, base_h = [], []
   rng_h = rng if heldout_seed is None else np.random.default_rng(heldout_seed)
@@ -157,7 +159,7 @@ def descent(theta, cfg, groups: int, heldout: int, eps: list[float],
         t1[i].loss(sign_step(theta, signs[i], e), cfg) - base1[i]
         for i in range(groups)]}
     for i, (g, _) in enumerate(grads):
-      own["prediction"].append(-e * _l1(g))
+      own["prediction"].append(-e * l1s[i])
       if mean_only:
         continue
       moved = sign_step(theta, g, e)
@@ -179,10 +181,7 @@ def descent(theta, cfg, groups: int, heldout: int, eps: list[float],
 
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--config", default="v2")
-  ap.add_argument("--set", action="append", default=[])
-  ap.add_argument("--workdir", default="")
-  ap.add_argument("--step", type=int, default=None)
+  add_theta_args(ap)
   ap.add_argument("--groups", type=int, default=4)
   ap.add_argument("--heldout", type=int, default=4)
   ap.add_argument("--eps", default="1e-4,3e-4,1e-3,3e-3",

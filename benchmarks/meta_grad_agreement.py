@@ -77,6 +77,14 @@ def agreement(grads: list[dict[str, np.ndarray]],
   return rows
 
 
+def add_theta_args(ap: argparse.ArgumentParser) -> None:
+  """The options that ``theta_and_config`` reads."""
+  ap.add_argument("--config", default="v2")
+  ap.add_argument("--set", action="append", default=[])
+  ap.add_argument("--workdir", default="")
+  ap.add_argument("--step", type=int, default=None)
+
+
 def theta_and_config(args):
   """``(config, theta, where)`` for ``--workdir``/``--step`` (a checkpoint,
   with its run's config) or, without a workdir, ``--config``'s start;
@@ -95,10 +103,7 @@ def theta_and_config(args):
 
 def main(argv=None) -> list[dict]:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--config", default="v2")
-  ap.add_argument("--set", action="append", default=[])
-  ap.add_argument("--workdir", default="")
-  ap.add_argument("--step", type=int, default=None)
+  add_theta_args(ap)
   ap.add_argument("--groups", type=int, default=8)
   ap.add_argument("--truncations", type=int, default=1,
                   help="consecutive truncations per group (> 1 also "

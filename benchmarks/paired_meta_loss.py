@@ -73,16 +73,21 @@ def load_run(workdir: str) -> tuple[dict, dict[int, float]]:
   return cfg, {int(s): float(v) for s, v in series}
 
 
-def config_differences(base: dict, other: dict) -> list[str]:
+def _differences(base: dict, other: dict) -> list[tuple[str, str]]:
+  """``(flat key, "key: old -> new")`` for each field that differs."""
   a, b = _flat(base), _flat(other)
-  return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+  return [(k, f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+          for k in sorted(set(a) | set(b))
           if a.get(k) != b.get(k) and not k.startswith(("learner.", "steps"))]
 
 
+def config_differences(base: dict, other: dict) -> list[str]:
+  return [line for _, line in _differences(base, other)]
+
+
 def check_paired(base: dict, other: dict, name: str) -> None:
-  bad = [d for d in config_differences(base, other)
-         if d.split(".")[0].split(":")[0] in _PAIRED_KEYS and
-         d.split(":")[0] not in _GRADIENT_ONLY]
+  bad = [line for key, line in _differences(base, other)
+         if key.split(".")[0] in _PAIRED_KEYS and key not in _GRADIENT_ONLY]
   if bad:
     raise SystemExit(f"{name} does not sample the same truncations as the "
                      f"first run ({'; '.join(bad)}): its meta-losses are not "
