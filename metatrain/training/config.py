@@ -68,8 +68,21 @@ class MetaGradConfig:
   # logged |g| is then the norm of the groups' mean unit vector: 1 when
   # they agree, about 1/sqrt(groups) when their directions are unrelated.
   normalize_groups: bool = False
+  # Meta-train only these top-level entries of theta (e.g. ["w_lr",
+  # "w_update", "shortcut"], the readouts: at the Adam start the only
+  # entries with a meta-gradient); the others stay at their start. PES
+  # perturbs only these, so its noise is not spread over the ~8,300 entries
+  # whose true gradient is zero (benchmarks/README.md, "Where the
+  # meta-gradient is"); BPTT gradients are zeroed outside them. Empty (the
+  # default): all of theta. ``TrainConfig`` checks the names.
+  train_only: tuple[str, ...] = ()
 
   def __post_init__(self):
+    object.__setattr__(self, "train_only",
+                       tuple(str(k) for k in self.train_only))
+    if len(set(self.train_only)) != len(self.train_only):
+      raise ValueError(f"meta_grad.train_only names an entry twice: "
+                       f"{list(self.train_only)}")
     if self.pes_loss_diff not in ("raw", "sign", "normalized"):
       raise ValueError(f"meta_grad.pes_loss_diff must be 'raw', 'sign' or "
                        f"'normalized', "
@@ -228,6 +241,25 @@ class TrainConfig:
   # Single-process training (--workers 0) exits with code 3, naming the
   # group, when one meta-step runs longer than this (0: never).
   stall_timeout_s: float = 900.0
+
+  def __post_init__(self):
+    if self.meta_grad.train_only:
+      known = theta_entries(self.hrnn)
+      unknown = [k for k in self.meta_grad.train_only if k not in known]
+      if unknown:
+        raise ValueError(
+            f"meta_grad.train_only: {unknown[0]!r} is not an entry of this "
+            f"optimizer's theta (it has: {', '.join(known)})")
+
+
+def theta_entries(hcfg: HRNNConfig) -> tuple[str, ...]:
+  """The top-level entries of theta under ``hcfg``, as ``init_theta`` makes
+  them (shapes only: nothing is computed)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from metatrain.optimizer import hrnn  # pylint: disable=import-outside-toplevel
+  shapes = jax.eval_shape(lambda k: hrnn.init_theta(k, hcfg),
+                          jax.random.PRNGKey(0))
+  return tuple(shapes)
 
 
 def _merge(base: dict, over: dict) -> dict:

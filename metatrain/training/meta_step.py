@@ -133,17 +133,18 @@ class TaskGroup:
     length = unroll.sample_length(rng, cfg.unroll)
     key = jax.random.PRNGKey(int(rng.integers(2**31)))
     scan_len = unroll.bucket(length, cfg.unroll)
+    mask = trainable_mask(theta, cfg.meta_grad.train_only)
     if self.estimator == "pes":
       n = pes.num_pairs(self.states)
       k_run, k_eps = jax.random.split(key)
       loss_diff = cfg.meta_grad.pes_loss_diff
       programs.note(("pes", self.bucket, scan_len, cfg.unroll, cfg.hrnn,
-                     loss_diff))
+                     loss_diff, mask is None))
       grad, self.states, metrics = pes.pes_meta_grad(
           theta, self.states, jax.random.split(k_run, n), k_eps, length,
           cfg.meta_grad.pes_std, self.hparams, task_config=self.bucket,
           hcfg=cfg.hrnn, ucfg=cfg.unroll, scan_len=scan_len,
-          loss_diff=loss_diff)
+          loss_diff=loss_diff, mask=mask)
       members = 2 * n
     else:
       members = cfg.unroll.tasks_per_group
@@ -153,10 +154,27 @@ class TaskGroup:
           self.hparams, task_config=self.bucket, hcfg=cfg.hrnn,
           ucfg=cfg.unroll, scan_len=scan_len)
       metrics = dict(metrics, grad_weight=metrics["num_good"] / members)
+      if mask is not None:  # frozen entries: exactly 0, even if not finite
+        grad = jax.tree_util.tree_map(
+            lambda g, m: jnp.where(m > 0, g, jnp.zeros_like(g)), grad, mask)
     if cfg.meta_grad.normalize_groups:
       grad, _ = unit_norm(grad)
     self.age += 1
     return grad, metrics, length * members
+
+
+def trainable_mask(theta, names) -> Any:
+  """None when ``names`` is empty (train all of theta), else a tree shaped
+  like theta's leaves with one float32 scalar each: 1 under the top-level
+  entries named (``MetaGradConfig.train_only``), 0 elsewhere."""
+  if not names:
+    return None
+  unknown = [k for k in names if k not in theta]
+  if unknown:
+    raise ValueError(f"meta_grad.train_only: {unknown[0]!r} is not an entry "
+                     f"of theta (it has: {', '.join(theta)})")
+  return {k: jax.tree_util.tree_map(
+      lambda _, on=(k in names): np.float32(on), v) for k, v in theta.items()}
 
 
 def unit_norm(grad) -> tuple[Any, jax.Array]:

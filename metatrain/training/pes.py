@@ -120,7 +120,7 @@ def pending_pes_states(theta, key, hparams=None, *, task_config: TaskSpec,
 def pes_meta_grad(theta, state: PESState, keys, eps_key, length, std,
                   hparams=None, *, task_config: TaskSpec, hcfg: HRNNConfig,
                   ucfg: unroll.UnrollConfig, scan_len: int,
-                  loss_diff: str = "raw"):
+                  loss_diff: str = "raw", mask=None):
   """One forward-only truncation of every particle; the PES estimate.
 
   Args:
@@ -141,6 +141,9 @@ def pes_meta_grad(theta, state: PESState, keys, eps_key, length, std,
       blind to the task's scale as "sign" (same overall magnitude) but
       keeping which pairs' differences are larger. Neither magnitude is the
       gradient's, which the meta-optimizer (Adam, clipped) does not need.
+    mask: None (perturb all of theta), or a theta-shaped tree of 0/1
+      scalars (``meta_step.trainable_mask``): entries at 0 are neither
+      perturbed nor estimated (their gradient is exactly 0).
 
   Returns:
     ``(grad, new_state, metrics)`` with ``group_meta_grad``'s metrics,
@@ -163,6 +166,9 @@ def pes_meta_grad(theta, state: PESState, keys, eps_key, length, std,
       jnp.repeat(restart, 2), jnp.minimum(state.tasks.truncs_left, 0),
       state.tasks.truncs_left))
   eps = perturbations(theta, eps_key, n, std)
+  if mask is not None:
+    eps = jax.tree_util.tree_map(lambda e, m: e * m.astype(e.dtype), eps,
+                                 mask)
   # A restarting pair's accumulator is zeroed before the new eps is added.
   accum = jax.tree_util.tree_map(
       lambda a, e: jnp.where(_bcast(restart, a), 0.0, a) + e, state.accum,

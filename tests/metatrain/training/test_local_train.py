@@ -148,3 +148,23 @@ def test_stall_watchdog_is_quiet_after_stop_and_when_disabled():
   fake.now += 1e6
   assert not off.check()
   assert fake.codes == [] and lines == []
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
+
+
+def test_train_only_leaves_the_other_entries_exactly_at_their_start():
+  readouts = ["w_lr", "w_update", "shortcut"]
+  cfg = config_lib.load("tiny", [
+      "meta_grad.estimator=pes", "meta_grad.pes_pairs=2", "steps=3",
+      'meta_grad.train_only=["w_lr", "w_update", "shortcut"]'])
+  start = local_train.MetaTrainer(cfg).theta
+  trainer = local_train.train(cfg, log=lambda _: None)
+  assert trainer.step == 3 and trainer.counters["skipped_updates"] == 0
+  for k, v in trainer.theta.items():
+    moved = np.abs(_flat(v) - _flat(start[k]))
+    if k in readouts:
+      assert np.all(moved > 0), k  # Adam moves every entry with a gradient
+    else:
+      assert np.all(moved == 0), k

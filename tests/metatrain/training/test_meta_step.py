@@ -82,3 +82,72 @@ def test_normalize_groups_gives_the_group_gradient_over_its_norm(estimator):
   assert norm > 0
   np.testing.assert_allclose(flat1, flat0 / norm, rtol=1e-4, atol=1e-7)
   assert float(m1["meta_loss"]) == float(m0["meta_loss"])
+
+
+READOUTS = ["w_lr", "w_update", "shortcut"]
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
+
+
+@pytest.mark.parametrize("estimator", ["bptt", "pes"])
+def test_train_only_every_entry_is_plain_training(estimator):
+  sets = [f"meta_grad.estimator={estimator}", "meta_grad.pes_pairs=2"]
+  plain = config.load("tiny", sets)
+  theta = hrnn.init_theta(jax.random.PRNGKey(0), plain.hrnn)
+  every = config.load("tiny", [*sets,
+                               f"meta_grad.train_only={list(theta)!r}"
+                               .replace("'", '"')])
+  out = []
+  for cfg in (plain, every):
+    group = meta_step.TaskGroup.of(B, 1, cfg, theta)
+    out.append(group.meta_grad(theta, np.random.default_rng(0), cfg)[:2])
+  (g0, m0), (g1, m1) = out
+  np.testing.assert_array_equal(_flat(g1), _flat(g0))
+  assert float(m1["meta_loss"]) == float(m0["meta_loss"])
+
+
+@pytest.mark.parametrize("estimator", ["bptt", "pes"])
+def test_train_only_perturbs_and_estimates_only_the_named_entries(estimator):
+  sets = [f"meta_grad.estimator={estimator}", "meta_grad.pes_pairs=2"]
+  plain = config.load("tiny", sets)
+  only = config.load("tiny", [*sets, 'meta_grad.train_only=["w_lr", '
+                                     '"w_update", "shortcut"]'])
+  assert only.meta_grad.train_only == tuple(READOUTS)
+  theta = hrnn.init_theta(jax.random.PRNGKey(0), plain.hrnn)
+  groups = {}
+  for name, cfg in (("plain", plain), ("only", only)):
+    group = meta_step.TaskGroup.of(B, 1, cfg, theta)
+    grad, _, _ = group.meta_grad(theta, np.random.default_rng(0), cfg)
+    groups[name] = (group, grad)
+  grad = groups["only"][1]
+  for k, v in grad.items():
+    if k in READOUTS:
+      continue
+    assert np.all(_flat(v) == 0), k  # exactly: not estimated
+  assert np.any(_flat({k: grad[k] for k in READOUTS}) != 0)
+  if estimator == "pes":
+    # The same noise draw, masked: the particles differ from theta only in
+    # the named entries, by the plain run's perturbations of them.
+    acc, acc0 = groups["only"][0].states.accum, groups["plain"][0].states.accum
+    for k in acc:
+      if k in READOUTS:
+        np.testing.assert_array_equal(_flat(acc[k]), _flat(acc0[k]))
+        assert np.any(_flat(acc[k]) != 0)
+      else:
+        assert np.all(_flat(acc[k]) == 0), k
+
+
+def test_train_only_names_are_checked_against_theta():
+  with pytest.raises(ValueError, match="'w_lrr' is not an entry of this "
+                     "optimizer's theta .*w_lr"):
+    config.load("tiny", ['meta_grad.train_only=["w_lrr"]'])
+  # An entry that only exists with a feature on.
+  with pytest.raises(ValueError, match="'global_rnn' is not an entry"):
+    config.load("tiny", ['meta_grad.train_only=["global_rnn"]',
+                         "hrnn.use_global_rnn=false"])
+  with pytest.raises(ValueError, match="names an entry twice"):
+    config.load("tiny", ['meta_grad.train_only=["w_lr", "w_lr"]'])
+  with pytest.raises(ValueError, match="'nope' is not an entry of theta"):
+    meta_step.trainable_mask({"w_lr": np.zeros(3)}, ["nope"])
