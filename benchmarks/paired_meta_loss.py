@@ -20,8 +20,9 @@ are printed, and the seed and the task and unroll settings must agree
 (except the unroll fields that change only how the gradient is taken:
 ``stop_second_derivatives`` and ``remat``). A PES run's
 meta-loss is its perturbed particles' mean, which a larger
-``meta_grad.pes_std`` raises by itself (the noise costs loss): runs with
-different stds are compared with a warning, and only their trends mean
+``meta_grad.pes_std`` (or perturbing more of theta: ``meta_grad.train_only``)
+raises by itself (the noise costs loss): runs that perturb differently are
+compared with a warning, and only their trends mean
 something.
 """
 
@@ -96,11 +97,15 @@ def check_paired(base: dict, other: dict, name: str) -> None:
 
 def perturbation_differs(base: dict, other: dict) -> bool:
   """Whether the two runs' logged meta-losses average particles perturbed
-  by different amounts (PES std, or PES in one run only)."""
-  def std(cfg):
+  differently: by another PES std, on other entries of theta
+  (``meta_grad.train_only``; absent in older configs: all of theta), or
+  with PES in one run only."""
+  def perturbation(cfg):
     mg = cfg.get("meta_grad", {})
-    return mg.get("pes_std") if mg.get("estimator") in ("pes", "mix") else 0
-  return std(base) != std(other)
+    if mg.get("estimator") not in ("pes", "mix"):
+      return None
+    return mg.get("pes_std"), tuple(mg.get("train_only", ()))
+  return perturbation(base) != perturbation(other)
 
 
 def band_rows(runs: list[dict[int, float]], bands: list[int], block: int):
@@ -141,8 +146,9 @@ def main(argv=None) -> None:
     print(f"{name} vs {names[0]}: " + ("; ".join(
         config_differences(loaded[0][0], cfg)) or "same config"))
     if perturbation_differs(loaded[0][0], cfg):
-      print(f"  warning: {name} perturbs theta by another std: its "
-            "meta-losses (the particles' mean) carry another noise cost")
+      print(f"  warning: {name} perturbs theta by another std or on other "
+            "entries: its meta-losses (the particles' mean) carry another "
+            "noise cost")
   header = ["steps", "n"] + [f"{n} meta_loss" for n in names] + [
       f"{n} - {names[0]} (se)" for n in names[1:]]
   print("| " + " | ".join(header) + " |")

@@ -41,6 +41,13 @@ def test_runs_with_one_seed_are_paired(tmp_path, benchmark_module, capsys):
   assert mod.perturbation_differs(
       pes, {"meta_grad": {"estimator": "pes", "pes_std": 0.03}})
   assert mod.perturbation_differs(cfg_a, pes)  # tiny uses BPTT
+  readouts = {"meta_grad": {**pes["meta_grad"],
+                            "train_only": ["w_lr", "w_update", "shortcut"]}}
+  assert mod.perturbation_differs(pes, readouts)
+  assert not mod.perturbation_differs(readouts, readouts)
+  # A config written before train_only existed perturbs all of theta.
+  assert not mod.perturbation_differs(
+      pes, {"meta_grad": {**pes["meta_grad"], "train_only": []}})
   with pytest.raises(SystemExit, match="not paired"):
     mod.check_paired(cfg_a, dict(cfg_a, seed=1), "c")
   with pytest.raises(SystemExit, match="unroll.max_steps"):

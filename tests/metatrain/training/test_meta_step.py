@@ -1,5 +1,7 @@
 """Task groups: a new group of a compiled bucket compiles nothing."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -12,6 +14,10 @@ A = TaskConfig("quadratic", (("dim", 5), ("noise", 0.0)))
 # Same bucket (dim 5), other hyperparameters and two transforms.
 B = TaskConfig("quadratic", (("dim", 5), ("noise", 2.0)),
                (("rescale", (("scale", 30.0),)), ("log_objective", ())))
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
 
 
 @pytest.mark.parametrize("estimator", ["bptt", "pes"])
@@ -76,8 +82,7 @@ def test_normalize_groups_gives_the_group_gradient_over_its_norm(estimator):
     group = meta_step.TaskGroup.of(B, 1, cfg, theta)
     out[name] = group.meta_grad(theta, np.random.default_rng(0), cfg)[:2]
   (g0, m0), (g1, m1) = out["plain"], out["unit"]
-  flat0 = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g0)])
-  flat1 = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g1)])
+  flat0, flat1 = _flat(g0), _flat(g1)
   norm = np.linalg.norm(flat0)
   assert norm > 0
   np.testing.assert_allclose(flat1, flat0 / norm, rtol=1e-4, atol=1e-7)
@@ -87,18 +92,13 @@ def test_normalize_groups_gives_the_group_gradient_over_its_norm(estimator):
 READOUTS = ["w_lr", "w_update", "shortcut"]
 
 
-def _flat(tree):
-  return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
-
-
 @pytest.mark.parametrize("estimator", ["bptt", "pes"])
 def test_train_only_every_entry_is_plain_training(estimator):
   sets = [f"meta_grad.estimator={estimator}", "meta_grad.pes_pairs=2"]
   plain = config.load("tiny", sets)
   theta = hrnn.init_theta(jax.random.PRNGKey(0), plain.hrnn)
-  every = config.load("tiny", [*sets,
-                               f"meta_grad.train_only={list(theta)!r}"
-                               .replace("'", '"')])
+  every = config.load("tiny", [
+      *sets, f"meta_grad.train_only={json.dumps(list(theta))}"])
   out = []
   for cfg in (plain, every):
     group = meta_step.TaskGroup.of(B, 1, cfg, theta)
