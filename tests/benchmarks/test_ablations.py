@@ -1,27 +1,114 @@
-"""benchmarks/ablations.py end to end at a tiny size (its plumbing and its
-table; the figures of a seconds-long run mean nothing)."""
+"""benchmarks/ablations.py end to end at a tiny size (its plumbing, its
+table and its resumption; the figures of a seconds-long run mean nothing)."""
 
 import json
+import os
 import re
 
+import pytest
 
-def test_ablations_table_has_the_three_comparisons_per_meta_seed(
+_TINY = ["--minutes", "0.02", "--config", "tiny", "--set",
+         'tasks.families=["quadratic"]', "--meta-seeds", "2", "--seeds", "1",
+         "--holdout", "1", "--inner-steps", "20"]
+
+
+def _json_lines(out):
+  return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+
+
+def test_ablations_resume_and_table_has_the_three_comparisons_per_meta_seed(
     tmp_path, capsys, benchmark_module):
-  rc = benchmark_module("ablations").main(
-      ["--minutes", "0.02", "--variants", "full,no_shortcut", "--config",
-       "tiny", "--set", 'tasks.families=["quadratic"]', "--meta-seeds", "2",
-       "--seeds", "1", "--holdout", "1", "--inner-steps", "20",
-       "--workdir", str(tmp_path)])
-  assert rc == 0
-  out = capsys.readouterr().out
-  results = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
-  assert [(r["variant"], r["seed"]) for r in results] == [
-      ("full", 0), ("full", 1), ("no_shortcut", 0), ("no_shortcut", 1)]
-  assert all(r["meta_steps"] >= 1 and r["tasks"] == 1 for r in results)
-  rows = re.findall(r"^\| (full|no_shortcut) \| ([01]) \| (\d+) \| \S+ \| "
-                    r"(\S+) \((\d)/1\) \| (\S+) \((\d)/1\) \| (\S+) "
-                    r"\((\d)/1\) \| (\d) \|$", out, re.M)
-  assert len(rows) == 4, out
+  work, res = str(tmp_path / "work"), str(tmp_path / "res")
+  ablations = benchmark_module("ablations")
+  assert ablations.main(_TINY + ["--variants", "full", "--workdir", work,
+                                 "--results", res]) == 0
+  first = _json_lines(capsys.readouterr().out)
+  assert [(r["variant"], r["seed"]) for r in first] == [
+      ("start", 0), ("hrnn-v1", 0), ("full", 0), ("full", 1)]
+  assert [r["meta_steps"] for r in first[:2]] == [0, 0]
+  assert sorted(os.listdir(res)) == ["full-seed0.lopt", "full-seed1.lopt",
+                                     "results.jsonl", "start-seed0.lopt"]
+
+  # The same command with one more variant runs only that variant.
+  assert ablations.main(_TINY + ["--variants", "full,no_shortcut",
+                                 "--workdir", work, "--results", res]) == 0
+  captured = capsys.readouterr()
+  assert "4 run(s) already in" in captured.err
+  second = _json_lines(captured.out)
+  assert [(r["variant"], r["seed"]) for r in second] == [
+      ("no_shortcut", 0), ("no_shortcut", 1)]
+  results = first + second
+  with open(os.path.join(res, "results.jsonl"), encoding="utf-8") as f:
+    assert [json.loads(l) for l in f] == results
+  assert all(r["meta_steps"] >= 1 and r["tasks"] == 1 for r in results[2:])
+
+  # The table holds every run in the file: the references, then the
+  # variants in their order, each tuned figure also over full's.
+  rows = re.findall(r"^\| (start|hrnn-v1|full|no_shortcut) \| ([01-]) \| "
+                    r"(\d+) \| \S+ \| (\S+) \((\d)/1\) \| (\S+) \| "
+                    r"(\S+) \((\d)/1\) \| (\S+) \((\d)/1\) \| (\d) \|$",
+                    captured.out, re.M)
+  assert len(rows) == 6, captured.out
+  full = {r["seed"]: r["geomean_tuned"] for r in results
+          if r["variant"] == "full"}
   for row, r in zip(rows, results):
-    assert int(row[2]) == r["meta_steps"]
-    assert int(row[4]) == r["wins_tuned"] and int(row[6]) == r["wins"]
+    assert row[0] == r["variant"] and row[2] == str(r["meta_steps"])
+    assert row[1] == ("-" if r["meta_steps"] == 0 else str(r["seed"]))
+    assert float(row[3]) == pytest.approx(r["geomean_tuned"], rel=1e-2)
+    assert int(row[4]) == r["wins_tuned"] and int(row[7]) == r["wins"]
+    if r["variant"] == "full":
+      assert row[5] == "1"
+    elif r["variant"] == "no_shortcut":
+      assert float(row[5]) == pytest.approx(
+          r["geomean_tuned"] / full[r["seed"]], rel=1e-2)
+    else:
+      assert row[5] == "-"
+
+  # Other settings are refused, and nothing is appended.
+  args = _TINY[:]
+  args[args.index("--inner-steps") + 1] = "10"
+  with pytest.raises(SystemExit, match="other settings"):
+    ablations.main(args + ["--variants", "full", "--workdir", work,
+                           "--results", res])
+  with open(os.path.join(res, "results.jsonl"), encoding="utf-8") as f:
+    assert len(f.readlines()) == 6
+
+
+def test_load_results_drops_a_cut_off_last_line_and_refuses_a_bad_one(
+    tmp_path, capsys, benchmark_module):
+  ablations = benchmark_module("ablations")
+  settings = {"config": "tiny", "set": [], "minutes": 1.0}
+  path = str(tmp_path / "results.jsonl")
+  assert not ablations.load_results(path, settings)
+  good = {"variant": "full", "seed": 0, "settings": settings}
+  ablations.append_result(path, good)
+  with open(path, "a", encoding="utf-8") as f:
+    f.write('{"variant": "full", "se')  # a write cut off by a kill
+  assert ablations.load_results(path, settings) == [good]
+  assert "line 2 is incomplete" in capsys.readouterr().err
+  ablations.append_result(path, good)  # the next run's line stays whole
+  assert ablations.load_results(path, settings) == [good, good]
+
+  with open(path, "a", encoding="utf-8") as f:
+    f.write("not json\n")
+  ablations.append_result(path, good)
+  with pytest.raises(SystemExit, match="line 3 is not JSON"):
+    ablations.load_results(path, settings)
+
+
+def test_variants_the_config_does_not_allow_are_refused_or_skipped(
+    tmp_path, capsys, benchmark_module):
+  ablations = benchmark_module("ablations")
+  common = ["--config", "v2", "--workdir", str(tmp_path)]
+  # Named explicitly: refused before any meta-training.
+  assert ablations.main(common + ["--variants", "full,paper_start"]) == 2
+  err = capsys.readouterr().err
+  assert "variant paper_start does not apply to config v2" in err
+  assert "needs nominal_adam" in err
+  assert not os.path.exists(tmp_path / "results.jsonl")
+  # The default list: skipped with a notice, the others kept.
+  assert ablations.main(common + ["--meta-seeds", "0",
+                                  "--no-references"]) == 0
+  captured = capsys.readouterr()
+  assert "skipping variant paper_start" in captured.err
+  assert "0 run(s) already in" in captured.err and "0 to go" in captured.err
