@@ -61,7 +61,9 @@ def test_metatrain_throughput_smoke():
   assert m, text
   h, a = (float(m.group(i).replace(",", "")) for i in (1, 2))
   assert h > 0 and a > 0
-  assert float(m.group(3)) == pytest.approx(a / h, rel=0.05)
+  # The ratio is printed with one decimal: +-0.05, whatever the timings
+  # (at 0.95 that is more than 5% of it; the CI run of 3449f58 hit it).
+  assert float(m.group(3)) == pytest.approx(a / h, rel=0.05, abs=0.051)
   assert "the meta-gradient (BPTT) x" in text
   m = re.search(r"bptt mb ([\d.]+)x, pes ([\d.]+)x, pes mb ([\d.]+)x", text)
   assert m, text
