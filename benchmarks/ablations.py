@@ -235,8 +235,8 @@ def main(argv=None) -> int:
     log = lambda m, tag=tag: print(f"{tag} {m}", file=sys.stderr, flush=True)
     log(f"meta-training for {args.minutes:g} min")
     t0 = time.time()
-    trainer = local_train.train(cfg, steps=10**9,
-                                time_budget_s=args.minutes * 60, log=log)
+    trainer = local_train.train(cfg, time_budget_s=args.minutes * 60,
+                                log=log)
     train_s = time.time() - t0
     log(f"{trainer.step} meta-steps in {train_s / 60:.1f} min; evaluating on "
         f"{len(tasks_)} held-out tasks")

@@ -60,7 +60,7 @@ def train_with_snapshots(cfg, budget: float, checkpoints: int, label: str):
 
   programs.clear()  # each estimator compiles its own programs
   trainer = local_train.train(
-      cfg, steps=10**9, time_budget_s=budget, on_step=on_step,
+      cfg, time_budget_s=budget, on_step=on_step,
       log=lambda m: print(f"[{label}] {m}", flush=True))
   if not snaps or snaps[-1][1] != trainer.step:
     snaps.append((last[0], trainer.step, trainer.counters["task_steps"],

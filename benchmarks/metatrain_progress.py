@@ -79,7 +79,7 @@ def train_here(cfg, args, budget):
   """Single-process meta-training (``lopt train --workers 0``) for ``budget``."""
   cfg = dataclasses.replace(cfg, stall_timeout_s=args.stall_seconds)
   t0 = time.time()
-  trainer = local_train.train(cfg, steps=10**9, time_budget_s=budget,
+  trainer = local_train.train(cfg, time_budget_s=budget,
                               log=lambda m: print(m, flush=True))
   dt = time.time() - t0
   summary = (f"\nmeta-trained {trainer.step} meta-steps in {dt / 60:.1f} min "

@@ -9,6 +9,7 @@ learner use when distributed.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from typing import Callable
@@ -74,11 +75,22 @@ class MetaTrainer:
 
 
 def format_progress(m: dict[str, float], counters: dict[str, int],
-                    total: int) -> str:
-  return (f"step {m['step']:>5}/{total}  meta_loss {m['meta_loss']:+.4f}  "
+                    suffix: str) -> str:
+  """One progress line; ``suffix`` follows the step number as is ("/5",
+  " (4.1 of 20 min)")."""
+  return (f"step {m['step']:>5}{suffix}  meta_loss {m['meta_loss']:+.4f}  "
           f"|g| {m['grad_norm']:.3g}  task-steps/s {m['task_steps_per_s']:,.0f}"
           f"  nonfinite {counters['num_nonfinite']}  diverged "
           f"{counters['num_diverged']}  resets {counters['num_resets']}")
+
+
+def _total(steps: int | None, budget_s: float | None, elapsed_s: float) -> str:
+  """What a progress line puts after "step N": "/" and the step limit,
+  then the minutes used of a time budget."""
+  out = "" if steps is None else f"/{steps}"
+  if budget_s is not None:
+    out += f" ({elapsed_s / 60:.1f} of {budget_s / 60:g} min)"
+  return out
 
 
 def trainer_watchdog(trainer: "MetaTrainer", seconds: float,
@@ -97,11 +109,25 @@ def train(cfg: TrainConfig, steps: int | None = None,
           ) -> MetaTrainer:
   """Runs single-process meta-training and prints a progress line.
 
-  ``on_step(trainer, seconds)``, if given, runs after every meta-step with
-  the seconds since training started (its own time counts in the budget).
+  Args:
+    cfg: the training config.
+    steps: meta-steps to run. ``None`` means ``cfg.steps``, or no step
+      limit when ``time_budget_s`` is given.
+    log: where progress lines go (stderr by default).
+    time_budget_s: stop after the first meta-step that ends past this many
+      seconds. Progress lines then show the minutes used of the budget.
+    on_step: ``on_step(trainer, seconds)`` runs after every meta-step with
+      the seconds since training started (its own time counts in the
+      budget).
+
+  Returns:
+    The trainer, holding theta, its optimizer state and the counters.
   """
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-  total = steps if steps is not None else cfg.steps
+  if steps is None and time_budget_s is None:
+    steps = cfg.steps
+  if steps is not None and steps < 1:
+    raise ValueError(f"steps must be >= 1, got {steps}")
   trainer = MetaTrainer(cfg)
   if (advice := programs.map_limit_advice()) is not None:
     log(advice)
@@ -112,16 +138,17 @@ def train(cfg: TrainConfig, steps: int | None = None,
   t_start = time.time()
   ema = None
   watchdog = trainer_watchdog(trainer, cfg.stall_timeout_s, log)
-  for _ in range(total):
+  for _ in (range(steps) if steps is not None else itertools.count()):
     m = trainer.meta_step()
     watchdog.beat()
     if on_step is not None:
       on_step(trainer, time.time() - t_start)
     if np.isfinite(m["meta_loss"]):
       ema = m["meta_loss"] if ema is None else 0.9 * ema + 0.1 * m["meta_loss"]
-    if m["step"] % cfg.log_every == 0 or m["step"] == total:
-      log(format_progress(dict(m, meta_loss=ema if ema is not None
-                               else float("nan")), trainer.counters, total))
+    if m["step"] % cfg.log_every == 0 or m["step"] == steps:
+      log(format_progress(
+          dict(m, meta_loss=ema if ema is not None else float("nan")),
+          trainer.counters, _total(steps, time_budget_s, time.time() - t_start)))
     if time_budget_s is not None and time.time() - t_start > time_budget_s:
       log(f"time budget of {time_budget_s:.0f}s reached at step {m['step']}")
       break

@@ -1,8 +1,11 @@
 """Single-process meta-training: its exact first update, that it learns,
 and its stall watchdog (clock and exit injected, no sleeping)."""
 
+import re
+
 import jax
 import numpy as np
+import pytest
 
 from metatrain.training import config as config_lib
 from metatrain.training import local_train, meta_step, unroll
@@ -88,6 +91,21 @@ def test_short_meta_training_lowers_the_meta_objective_of_its_tasks():
   assert any("meta_loss" in l and "task-steps/s" in l for l in lines)
   assert trainer.counters["num_nonfinite"] == 0
   assert all(np.all(np.isfinite(x)) for x in _leaves(trainer.theta))
+
+
+def test_a_time_budget_alone_runs_until_it_is_spent_and_shows_the_minutes():
+  # No step limit with a budget: a zero budget ends after exactly the
+  # first meta-step, and the line shows the minutes, not a step count.
+  cfg = config_lib.load("tiny", QUAD_BOWL + ["steps=1000", "log_every=1"])
+  lines = []
+  trainer = local_train.train(cfg, log=lines.append, time_budget_s=0.0)
+  assert trainer.step == 1
+  progress = [l for l in lines if l.startswith("step ")]
+  assert len(progress) == 1 and re.match(
+      r"step +1 \(\d+\.\d of 0 min\)  meta_loss", progress[0]), progress
+  assert lines[-1] == "time budget of 0s reached at step 1"
+  with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+    local_train.train(cfg, steps=0, log=lines.append)
 
 
 def test_meta_optimizer_choices():
