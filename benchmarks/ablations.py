@@ -4,6 +4,7 @@ Usage:
   python benchmarks/ablations.py [--minutes 20] [--variants a,b,...]
       [--config NAME] [--set k=v ...] [--meta-seeds 2] [--seeds 4]
       [--holdout 12] [--workdir DIR] [--results DIR] [--no-references]
+      [--backfill-records WORKDIR/eval/records.jsonl]
 
 Each variant of the HRNN (the full optimizer, then each feature switched off
 in turn: the tensor and global RNNs (the hierarchy), the global RNN alone,
@@ -28,6 +29,14 @@ every finished (variant, meta-seed) appends one line to
 another one with that directory committed, and it skips what is done and
 prints the table of everything the file holds. A file written with other
 settings (config, overrides, budget, evaluation) is refused, not mixed in.
+
+A second table pairs each run with the untrained start task by task: the
+geometric mean of the per-task tuned ratios' quotient, the standard error
+of its log, and the tasks better and worse. It is the finer test of whether
+meta-training moved the optimizer at all; the spread between meta-seeds is
+the test of whether a feature matters. Lines from before the per-task
+figures were recorded get them from the evaluations' records with
+``--backfill-records``.
 """
 
 from __future__ import annotations
@@ -133,6 +142,128 @@ def append_result(path: str, res: dict) -> None:
     os.fsync(f.fileno())
 
 
+def print_tables(done: list[dict], names: list[str], minutes: float) -> None:
+  """The study's tables: every run on file (of ``names`` and the
+  references), then each run against the untrained start, task by task."""
+  order = {n: i for i, n in enumerate(("start", zoo.DEFAULT, *VARIANTS))}
+  results = sorted((r for r in done
+                    if r["variant"] in names + ["start", zoo.DEFAULT]),
+                   key=lambda r: (order[r["variant"]], r["seed"]))
+  full = {r["seed"]: r["geomean_tuned"] for r in done
+          if r["variant"] == "full"}
+  print(f"\n| variant | meta-seed | meta-steps in {minutes:g} min | "
+        "held-out meta-objective | tuned vs tuned: geomean (wins) | "
+        "tuned, over full's of the same meta-seed | "
+        "untuned vs tuned: geomean (wins) | default vs Adam 1e-3: geomean "
+        "(wins) | diverged |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+  for r in results:
+    n = r["tasks"]
+    ref = r["variant"] in ("start", zoo.DEFAULT)
+    vs_full = ("-" if ref or r["seed"] not in full
+               else _g(r["geomean_tuned"] / full[r["seed"]]))
+    print(f"| {r['variant']} | {'-' if ref else r['seed']} | "
+          f"{r['meta_steps']} | {r['objective']:+.4f} | "
+          f"{_g(r['geomean_tuned'])} ({r['wins_tuned']}/{n}) | {vs_full} | "
+          f"{_g(r['geomean'])} ({r['wins']}/{n}) "
+          f"| {_g(r['geomean_default'])} ({r['wins_default']}/{n}) | "
+          f"{r['diverged']} |")
+  start = next((r for r in done if r["variant"] == "start"), None)
+  if start is None or "tuned_by_task" not in start:
+    return
+  print("\n| variant | meta-seed | tuned, over the start's, task by task: "
+        "geomean (se of the mean log) | tasks better / worse than the "
+        "start |")
+  print("|---|---:|---:|---:|")
+  for r in results:
+    if r["variant"] == "start" or "tuned_by_task" not in r:
+      continue
+    g, se, better, worse, n = paired(r["tuned_by_task"],
+                                     start["tuned_by_task"])
+    ref = r["variant"] == zoo.DEFAULT
+    print(f"| {r['variant']} | {'-' if ref else r['seed']} | {_g(g)} "
+          f"({'-' if se is None else f'{se:.3f}'}) | {better} / {worse} of "
+          f"{n} |")
+
+
+def tuned_by_task(rows: list[dict]) -> dict[str, float | None]:
+  """Each task's tuned-vs-tuned ratio (None where it is not finite: a
+  diverged or missing run)."""
+  return {r["task"]: (float(r["ratio_tuned"])
+                      if np.isfinite(r["ratio_tuned"]) else None)
+          for r in rows}
+
+
+def paired(a: dict, b: dict) -> tuple[float, float | None, int, int, int]:
+  """``a``'s per-task ratios over ``b``'s, on the tasks both have.
+
+  Returns the geometric mean, the standard error of the mean log ratio
+  (None under 2 tasks), the tasks where ``a`` is better and where it is
+  worse (by more than ``records.TIE``), and the task count. A task that
+  is not finite in ``a`` only is a loss; in both, a tie.
+  """
+  logs, better, worse = [], 0, 0
+  for task in sorted(set(a) & set(b)):
+    x, y = a[task], b[task]
+    if x is None or y is None:
+      logs.append(0.0 if x is None and y is None
+                  else np.inf if x is None else -np.inf)
+    else:
+      logs.append(float(np.log(x / y)))
+    better += logs[-1] < np.log1p(-records.TIE)
+    worse += logs[-1] > -np.log1p(-records.TIE)
+  n = len(logs)
+  if not n:
+    return float("nan"), None, 0, 0, 0
+  arr = np.asarray(logs)
+  mean = float(np.mean(arr))
+  se = (float(np.std(arr, ddof=1) / np.sqrt(n))
+        if n > 1 and np.all(np.isfinite(arr)) else None)
+  return float(np.exp(mean)), se, int(better), int(worse), n
+
+
+def backfill(path: str, done: list[dict], records_path: str) -> list[dict]:
+  """Adds ``tuned_by_task`` to the lines of ``path`` that lack it.
+
+  Each run's rows are recomputed from the evaluations' records of its
+  ``.lopt`` (beside ``path``; the shipped file for ``hrnn-v1``), matched by
+  name and content digest, and must give the line's own tuned figure
+  again. The file is rewritten whole (a temporary file, then a rename).
+  """
+  todo = [r for r in done if "tuned_by_task" not in r]
+  if not todo:
+    print(f"every line of {path} has its per-task figures", file=sys.stderr)
+    return done
+  with open(records_path, encoding="utf-8") as f:
+    recs = [json.loads(l) for l in f if l.strip()]
+  for r in todo:
+    lopt = (zoo.pretrained_path(zoo.DEFAULT) if r["variant"] == zoo.DEFAULT
+            else os.path.join(os.path.dirname(path),
+                              f"{r['variant']}-seed{r['seed']}.lopt"))
+    if not os.path.exists(lopt):
+      raise SystemExit(f"cannot backfill {r['variant']} seed {r['seed']}: "
+                       f"{lopt} is missing")
+    src = watch.file_source(lopt).id
+    rows = records.summarize(recs, src)
+    got = records.score(rows)["geomean_tuned"] if rows else None
+    if got is None or not np.isclose(got, r["geomean_tuned"], rtol=1e-9):
+      raise SystemExit(
+          f"cannot backfill {r['variant']} seed {r['seed']}: the records of "
+          f"{src} in {records_path} give a tuned figure of {got}, the line "
+          f"{r['geomean_tuned']}; pass the records of its evaluation")
+    r["tuned_by_task"] = tuned_by_task(rows)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for r in done:
+      f.write(json.dumps(r, sort_keys=True) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  print(f"added per-task figures to {len(todo)} line(s) of {path}",
+        file=sys.stderr)
+  return done
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--minutes", type=float, default=20.0,
@@ -153,6 +284,11 @@ def main(argv=None) -> int:
   ap.add_argument("--results", default=None,
                   help="directory of results.jsonl and the trained .lopt "
                   "files; a rerun resumes from it (default: --workdir)")
+  ap.add_argument("--backfill-records", default=None, metavar="RECORDS",
+                  help="add the per-task figures to results lines written "
+                  "before they were recorded, from the evaluations' "
+                  "records (WORKDIR/eval/records.jsonl), print the tables "
+                  "and exit")
   ap.add_argument("--references", action=argparse.BooleanOptionalAction,
                   default=True, help="evaluate the untrained start and the "
                   "shipped optimizer too (once per --results)")
@@ -188,6 +324,10 @@ def main(argv=None) -> int:
               "minutes": args.minutes, "seeds": args.seeds,
               "holdout": args.holdout, "inner_steps": args.inner_steps}
   done = load_results(out, settings)
+  if args.backfill_records:
+    done = backfill(out, done, args.backfill_records)
+    print_tables(done, names, args.minutes)
+    return 0
   finished = {(r["variant"], r["seed"]) for r in done}
   todo = [(n, s) for n in names for s in range(args.meta_seeds)
           if (n, s) not in finished]
@@ -208,7 +348,7 @@ def main(argv=None) -> int:
            "geomean_default": s["geomean_default"],
            "wins_default": s["wins_default"], "tasks": s["tasks"],
            "diverged": s["diverged"], "commit": commit,
-           "settings": settings}
+           "settings": settings, "tuned_by_task": tuned_by_task(rows)}
     lopt = f"{name}-seed{seed}.lopt"
     if (os.path.exists(os.path.join(args.workdir, lopt))
         and os.path.abspath(out_dir) != os.path.abspath(args.workdir)):
@@ -245,29 +385,7 @@ def main(argv=None) -> int:
     log(f"evaluated in {(time.time() - t0 - train_s) / 60:.1f} min")
     record(name, seed, rows, trainer.step, train_s / 60)
 
-  order = {n: i for i, n in enumerate(("start", zoo.DEFAULT, *VARIANTS))}
-  results = sorted((r for r in done
-                    if r["variant"] in names + ["start", zoo.DEFAULT]),
-                   key=lambda r: (order[r["variant"]], r["seed"]))
-  full = {r["seed"]: r["geomean_tuned"] for r in done
-          if r["variant"] == "full"}
-  print(f"\n| variant | meta-seed | meta-steps in {args.minutes:g} min | "
-        "held-out meta-objective | tuned vs tuned: geomean (wins) | "
-        "tuned, over full's of the same meta-seed | "
-        "untuned vs tuned: geomean (wins) | default vs Adam 1e-3: geomean "
-        "(wins) | diverged |")
-  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-  for r in results:
-    n = r["tasks"]
-    ref = r["variant"] in ("start", zoo.DEFAULT)
-    vs_full = ("-" if ref or r["seed"] not in full
-               else _g(r["geomean_tuned"] / full[r["seed"]]))
-    print(f"| {r['variant']} | {'-' if ref else r['seed']} | "
-          f"{r['meta_steps']} | {r['objective']:+.4f} | "
-          f"{_g(r['geomean_tuned'])} ({r['wins_tuned']}/{n}) | {vs_full} | "
-          f"{_g(r['geomean'])} ({r['wins']}/{n}) "
-          f"| {_g(r['geomean_default'])} ({r['wins_default']}/{n}) | "
-          f"{r['diverged']} |")
+  print_tables(done, names, args.minutes)
   return 0
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 _TINY = ["--minutes", "0.02", "--config", "tiny", "--set",
@@ -64,6 +65,45 @@ def test_ablations_resume_and_table_has_the_three_comparisons_per_meta_seed(
     else:
       assert row[5] == "-"
 
+  # Each run against the start, task by task (one task here: the ratio of
+  # the two tuned figures, no standard error).
+  start = results[0]["tuned_by_task"]
+  assert list(start) == ["heldout:0"]
+  paired_rows = re.findall(r"^\| (hrnn-v1|full|no_shortcut) \| ([01-]) \| "
+                           r"(\S+) \(-\) \| (\d) / (\d) of 1 \|$",
+                           captured.out, re.M)
+  assert len(paired_rows) == 5, captured.out
+  for row, r in zip(paired_rows, results[1:]):
+    assert row[0] == r["variant"]
+    ratio = r["tuned_by_task"]["heldout:0"] / start["heldout:0"]
+    assert float(row[2]) == pytest.approx(ratio, rel=1e-2)
+    assert (int(row[3]), int(row[4])) == (int(ratio < 1 - 1e-3),
+                                          int(ratio > 1 / (1 - 1e-3)))
+
+  # Lines written before the per-task figures get them back from the
+  # evaluations' records, checked against each line's own figure.
+  path = os.path.join(res, "results.jsonl")
+  recs = os.path.join(work, "eval", "records.jsonl")
+  with open(path, "w", encoding="utf-8") as f:
+    for r in results:
+      f.write(json.dumps({k: v for k, v in r.items()
+                          if k != "tuned_by_task"}) + "\n")
+  assert ablations.main(_TINY + ["--workdir", work, "--results", res,
+                                 "--backfill-records", recs]) == 0
+  assert "added per-task figures to 6 line(s)" in capsys.readouterr().err
+  with open(path, encoding="utf-8") as f:
+    assert [json.loads(l) for l in f] == results
+  broken = [dict(r) for r in results]
+  del broken[2]["tuned_by_task"]
+  broken[2]["geomean_tuned"] *= 2
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in broken)
+  with pytest.raises(SystemExit, match="cannot backfill full seed 0"):
+    ablations.main(_TINY + ["--workdir", work, "--results", res,
+                            "--backfill-records", recs])
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in results)
+
   # Other settings are refused, and nothing is appended.
   args = _TINY[:]
   args[args.index("--inner-steps") + 1] = "10"
@@ -112,3 +152,18 @@ def test_variants_the_config_does_not_allow_are_refused_or_skipped(
   captured = capsys.readouterr()
   assert "skipping variant paper_start" in captured.err
   assert "0 run(s) already in" in captured.err and "0 to go" in captured.err
+
+
+def test_paired_ratios_over_the_start(benchmark_module):
+  paired = benchmark_module("ablations").paired
+  start = {"a": 1.0, "b": 1.0, "c": 1.0, "d": None}
+  # Half as good on one task, twice on another: a geomean of 1, and the
+  # standard error of the two logs +-log 2 is log 2.
+  g, se, better, worse, n = paired({"a": 0.5, "b": 2.0}, start)
+  assert (better, worse, n) == (1, 1, 2)
+  assert g == pytest.approx(1.0) and se == pytest.approx(np.log(2.0))
+  # Diverged where the start did not: a loss, and no finite mean; where
+  # both diverged: a tie.
+  g, se, better, worse, n = paired({"a": 0.5, "c": None, "d": None}, start)
+  assert (g, se, better, worse, n) == (np.inf, None, 1, 1, 3)
+  assert paired({}, start)[2:] == (0, 0, 0)
