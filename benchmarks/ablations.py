@@ -57,6 +57,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from evaluators import records, suites, watch  # noqa: E402
+from metatrain import files  # noqa: E402
 from metatrain.optimizer import hrnn, zoo  # noqa: E402
 from metatrain.training import config as config_lib
 from metatrain.training import local_train
@@ -134,10 +135,15 @@ def load_results(path: str, settings: dict) -> list[dict]:
   return done
 
 
+def _line(res: dict) -> str:
+  """One results line: the run's dict as sorted JSON."""
+  return json.dumps(res, sort_keys=True) + "\n"
+
+
 def append_result(path: str, res: dict) -> None:
   """Appends one finished run as a line, flushed and synced to disk."""
   with open(path, "a", encoding="utf-8") as f:
-    f.write(json.dumps(res, sort_keys=True) + "\n")
+    f.write(_line(res))
     f.flush()
     os.fsync(f.fileno())
 
@@ -252,13 +258,7 @@ def backfill(path: str, done: list[dict], records_path: str) -> list[dict]:
           f"{src} in {records_path} give a tuned figure of {got}, the line "
           f"{r['geomean_tuned']}; pass the records of its evaluation")
     r["tuned_by_task"] = tuned_by_task(rows)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for r in done:
-      f.write(json.dumps(r, sort_keys=True) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  files.write_atomic(path, "".join(_line(r) for r in done))
   print(f"added per-task figures to {len(todo)} line(s) of {path}",
         file=sys.stderr)
   return done

@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from typing import Any, Callable
 
 import optax
 
 from evaluators.runner import Optimizer
+from metatrain import files
 from metatrain.distributed.workdir import Workdir
 from metatrain.optimizer import hrnn
 from metatrain.optimizer.hrnn_config import HRNNConfig
@@ -101,12 +101,5 @@ class BaselineCache:
   def put(self, key: str, result: dict[str, Any]) -> None:
     """Writes atomically (temp file + rename)."""
     os.makedirs(self.dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
-    try:
-      with os.fdopen(fd, "w") as f:
-        json.dump({"key": key, "result": result}, f)
-      os.replace(tmp, self._path(key))
-    except BaseException:
-      if os.path.exists(tmp):
-        os.unlink(tmp)
-      raise
+    files.write_atomic(self._path(key),
+                       json.dumps({"key": key, "result": result}))

@@ -20,12 +20,12 @@ import html
 import io
 import json
 import math
-import os
 from typing import Any
 
 import numpy as np
 
 from evaluators import records, tb_events
+from metatrain import files
 from metatrain.distributed.workdir import Workdir
 
 
@@ -365,7 +365,4 @@ def html_report(workdir: str) -> str:
 
 def write_html(workdir: str, path: str) -> None:
   """Writes the report atomically."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(html_report(workdir))
-  os.replace(tmp, path)
+  files.write_atomic(path, html_report(workdir))

@@ -98,6 +98,7 @@ def _train_logged(cfg, args) -> int:
   the libraries' tracebacks in ``workdir/lopt.log``."""
   import json  # pylint: disable=import-outside-toplevel
   from infra import run_log  # pylint: disable=import-outside-toplevel
+  from metatrain import files  # pylint: disable=import-outside-toplevel
   from metatrain.distributed import checkpoints, launcher
   from metatrain.training import config as config_lib
   from metatrain.distributed.workdir import Workdir  # pylint: disable=import-outside-toplevel
@@ -105,9 +106,8 @@ def _train_logged(cfg, args) -> int:
   log.install()
   try:
     path = Workdir(args.workdir).config
-    with open(path + ".tmp", "w") as f:
-      json.dump(config_lib.to_dict(cfg), f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    files.write_atomic(
+        path, json.dumps(config_lib.to_dict(cfg), indent=2, sort_keys=True))
     from evaluators.best import BestCheckpoint  # pylint: disable=import-outside-toplevel
     pool, suite = None, None
     if cfg.evaluator.count:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from orbax.checkpoint import checkpoint_managers as ocm
+
+from metatrain import files
 
 # (step, info) of the best fully evaluated step among those given, or None.
 Pick = Callable[[list[int]], tuple[int, dict[str, Any]] | None]
@@ -63,12 +64,7 @@ def write_pin(path: str, step: int, info: dict[str, Any]) -> None:
   """Replaces the pin file atomically (write, fsync, rename)."""
   pin = {"step": int(step), "info": info,
          "pinned_at": datetime.datetime.now().isoformat(timespec="seconds")}
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(pin, f, indent=2, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  files.write_atomic(path, json.dumps(pin, indent=2, sort_keys=True))
 
 
 def keep_best(ckpt: Any, pick: Pick) -> int | None:

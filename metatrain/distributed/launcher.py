@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from metatrain import files
 from metatrain.distributed import checkpoint_pin, checkpoints, learner
 from metatrain.distributed.workdir import Workdir
 from metatrain.distributed.worker import UnrollWorker, actor_options
@@ -106,10 +107,7 @@ def record_session(workdir: str, start_step: int) -> None:
       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
       "command": " ".join(["lopt", *sys.argv[1:]]),
       "start_step": start_step, "hardware": hardware_info()})
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(info, f, indent=2)
-  os.replace(tmp, path)
+  files.write_atomic(path, json.dumps(info, indent=2))
 
 
 def resume(ckpt: checkpoints.Checkpointer, opt_state_template: Any,

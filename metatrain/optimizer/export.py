@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 from typing import Any
 
 import jax
@@ -18,6 +17,7 @@ import numpy as np
 import optax
 from flax import serialization
 
+from metatrain import files
 from metatrain.optimizer import hrnn
 from metatrain.optimizer.optax_adapter import hrnn_optax
 
@@ -56,23 +56,10 @@ def save_optimizer(path: str | os.PathLike, config: hrnn.HRNNConfig,
   })
   path = os.fspath(path)
   check_destination(path)
-  d = os.path.dirname(os.path.abspath(path))
   try:
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".lopt")
-  except OSError as e:
-    raise ValueError(f"cannot write {path}: {e.strerror} ({d})") from None
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(blob)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as open() would; mkstemp makes 0600
-    os.replace(tmp, path)
+    files.write_atomic(path, blob)
   except OSError as e:
     raise ValueError(f"cannot write {path}: {e.strerror}") from None
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
 
 
 def check_destination(path: str | os.PathLike) -> None:
