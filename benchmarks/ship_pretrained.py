@@ -171,6 +171,7 @@ def main(argv=None) -> int:
                    "wins_default": s["wins_default"], "tasks": s["tasks"],
                    "geomean_tuned_adam": num(s["geomean_tuned_adam"]),
                    "wins_tuned_adam": s["wins_tuned_adam"],
+                   "unbracketed": s.get("unbracketed", {}),
                    "tuned_vs_start": {k: num(v) if isinstance(v, float) else v
                                       for k, v in paired.items()},
                    "diverged": s["diverged"]})
@@ -184,6 +185,8 @@ def main(argv=None) -> int:
           f"({s['wins_tuned_adam']}/{n}); tuned vs the start's tuned, "
           f"paired {_g(paired['geomean'])} ({paired['wins']}/{n} wins, "
           f"{paired['z']:+.1f} standard errors)", flush=True)
+    if records.unbracketed_note(s):
+      print(f"{label}: {records.unbracketed_note(s)}", flush=True)
   best = min(range(len(cands)), key=lambda i: (
       math.inf if scored[i]["selection"] is None
       else scored[i]["selection"]))

@@ -125,7 +125,7 @@ def analyse(recs, suite, source_id) -> dict:
            "seeds": len(learned), "metric": learned[0].get("metric"),
            "floor": floors[task],
            "higher_is_better": learned[0].get("higher_is_better"),
-           "refs": {}}
+           "refs": {}, "unbracketed": []}
     for b in suite.baselines:
       cands = {lr: rs for (o, lr), rs in g.items() if o == b}
       if not cands:
@@ -133,6 +133,8 @@ def analyse(recs, suite, source_id) -> dict:
       lr = min(cands, key=lambda x: _mean(_loss(r) for r in cands[x]))
       row["refs"][f"{b}*"] = (_mean(_loss(r) for r in cands[lr]), lr,
                               _mean(_mean_train_loss(r) for r in cands[lr]))
+      if _at_edge(lr, cands):
+        row["unbracketed"].append(b)
       if b in global_lr and global_lr[b] in cands:
         rs = cands[global_lr[b]]
         row["refs"][f"{b} global"] = (_mean(_loss(r) for r in rs),
@@ -156,6 +158,8 @@ def analyse(recs, suite, source_id) -> dict:
       lr = min(swept, key=lambda x: _mean(_loss(r) for r in swept[x]))
       row["learned*"] = (_mean(_loss(r) for r in swept[lr]), lr,
                          _mean(_mean_train_loss(r) for r in swept[lr]))
+      if _at_edge(lr, swept):
+        row["unbracketed"].append("learned")
       row["metric_learned*"] = _mean_metric(swept[lr], row["metric"])
     rows.append(row)
   refs = sorted({k for r in rows for k in r["refs"]})
@@ -183,7 +187,15 @@ def analyse(recs, suite, source_id) -> dict:
           "geomean_vs_best": geo("learned", "best*"),
           "geomean_tuned_vs_best": geo("learned*", "best*"),
           "geomean_vs_adam_default": geo("learned", "adam 1e-3"),
+          "unbracketed": dict(sorted(collections.Counter(
+              n for r in rows for n in r["unbracketed"]).items())),
           "records": recs}
+
+
+def _at_edge(lr, rates) -> bool:
+  """Whether ``lr``, chosen among ``rates``, is their smallest or largest
+  (its optimum may lie outside the grid: not bracketed)."""
+  return len(rates) > 1 and lr in (min(rates), max(rates))
 
 
 def _mean_metric(rs, name):
@@ -219,6 +231,12 @@ def headline(a: dict) -> list[str]:
   out.append(f"- **Untuned vs tuned** (learned at its default rate vs the "
              f"best tuned baseline): wins {w.get('best*', 0)}/{n}, "
              f"geometric-mean ratio {_f(a['geomean_vs_best'])}.")
+  if a.get("unbracketed"):
+    out.append("- **Not bracketed** (the tuned rate is an end of the grid, "
+               "so the optimum may lie outside it and the tuned comparisons "
+               "there are not fully tuned; widen the grid with --set): "
+               + ", ".join(f"{k} on {v}/{n}" for k, v in
+                           a["unbracketed"].items()) + " tasks.")
   return out
 
 

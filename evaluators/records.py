@@ -233,7 +233,10 @@ def summarize(records: list[dict[str, Any]], source: str
   (seeds at the default rate), ``baselines`` ({name: (loss, lr)}), ``best``
   (the best tuned baseline), ``adam_default`` and the task's metric. Ratios
   floor both losses at ``solved_floor``; a diverged learned optimizer's is
-  inf.
+  inf. ``unbracketed`` lists the tuned optimizers (baselines and
+  ``"learned"``) whose chosen rate is the smallest or largest of the rates
+  they ran on the task: their optimum may lie outside the grid, so the
+  tuned comparisons involving them are not a fair "tuned".
   """
   by_task: dict[str, list] = collections.defaultdict(list)
   for r in records:
@@ -277,6 +280,13 @@ def summarize(records: list[dict[str, Any]], source: str
         lt_loss, tuned["adam"][0] if "adam" in tuned else math.nan, "adam",
         bool(swept) and "adam" in tuned)
     metric = recs[0].get("metric") or ""
+    grids: dict[str, list] = collections.defaultdict(list)
+    for (name, lr) in groups:
+      if lr is not None:
+        grids[name].append(lr)
+    chosen = {n: v[1] for n, v in tuned.items()}
+    if swept:
+      chosen["learned"] = l_lr
     rows.append({
         "task": task, "metric": metric, "learned": l_loss,
         "learned_diverged": sum(bool(r.get("diverged")) for r in learned),
@@ -293,6 +303,9 @@ def summarize(records: list[dict[str, Any]], source: str
                                  if metric and swept else None),
         "best_metric": (mean_metric(tuned[best][2], metric)
                         if metric and best else None),
+        "unbracketed": sorted(n for n, lr in chosen.items()
+                              if len(grids[n]) > 1
+                              and lr in (min(grids[n]), max(grids[n]))),
     })
   return rows
 
@@ -348,8 +361,10 @@ def score(rows: list[dict[str, Any]]) -> dict[str, Any]:
   learned seed), ``complete``; the same ``geomean_tuned``/``wins_tuned``,
   ``geomean_default``/``wins_default`` and ``geomean_tuned_adam``/
   ``wins_tuned_adam`` for the other comparisons (None and 0 where a task
-  lacks their records); and ``selection``, the score that picks
-  checkpoints (``selection_score``).
+  lacks their records); ``selection``, the score that picks checkpoints
+  (``selection_score``); and ``unbracketed``, {optimizer: the tasks on
+  which its tuned rate is an end of its grid} (rows without the field
+  count none).
   """
   out: dict[str, Any] = {"tasks": len(rows)}
   for name, ratio_key, winner_key in COMPARISONS:
@@ -362,7 +377,21 @@ def score(rows: list[dict[str, Any]]) -> dict[str, Any]:
       out["complete"] = done
   out["diverged"] = int(sum(r["learned_diverged"] > 0 for r in rows))
   out["selection"] = selection_score(out)
+  out["unbracketed"] = dict(sorted(collections.Counter(
+      n for r in rows for n in r.get("unbracketed", ())).items()))
   return out
+
+
+def unbracketed_note(s: dict[str, Any]) -> str:
+  """A warning line for ``score``'s ``unbracketed`` counts, or ""."""
+  if not s.get("unbracketed"):
+    return ""
+  parts = ", ".join(f"{n} on {k}/{s['tasks']}"
+                    for n, k in s["unbracketed"].items())
+  return (f"not bracketed: the tuned rate is an end of the grid for {parts} "
+          "task(s); their optimum may lie outside it, so the tuned "
+          "comparisons there are not fully tuned (widen the grid, e.g. "
+          "--set adam_lrs=[...])")
 
 
 def selection_score(s: dict[str, Any]) -> float | None:

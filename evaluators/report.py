@@ -79,7 +79,8 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
       one("untuned vs tuned (learned at its default rate vs the best tuned "
           "baseline)", s["wins"], s["geomean_ratio"], "incomplete")
       + f"; {s['diverged']} diverged"
-      + ("" if s["complete"] else " (evaluation incomplete)")]
+      + ("" if s["complete"] else " (evaluation incomplete)"),
+      *filter(None, [records.unbracketed_note(s)])]
 
 
 def table(recs: list[dict[str, Any]], trend: int = 5) -> list[str]:

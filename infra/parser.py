@@ -120,7 +120,8 @@ def build_parser(parser_class=argparse.ArgumentParser
                  f"(default: {DEFAULT_WORKDIR})")
   t.add_argument("--config", default="default",
                  help="preset name (default: the shipped optimizer's "
-                 "recipe, = v1; v2; tiny; paper) or a JSON file")
+                 "recipe, = v1; v2; schedule (hrnn-v2's); tiny; paper) "
+                 "or a JSON file")
   t.add_argument("--set", action="append", metavar="KEY=VALUE",
                  help="override a config field, e.g. --set tasks.num_groups=8")
   t.add_argument("--address", default=None,

@@ -299,12 +299,23 @@ _V2 = _merge(_V1, {
     "tasks": {"weights": [*_V1["tasks"]["weights"], "image_mlp=2",
                           "image_conv=1.5"]}})
 
+# hrnn-v2's recipe (benchmarks/runs.md, session 39): v1's, meta-training only
+# the step-size readouts. The direction readout stays at its zero start, so
+# the update is Adam's rescaled per parameter and over the run, by log-rates
+# read out of the (untrained) RNNs' states. hrnn-v1's update is Adam's
+# direction (cosine 0.95-0.99) with a step rising from 2.7x to 8x Adam's
+# (benchmarks/step_profile.py), and its RNN corrections cost on the image
+# tasks; this keeps the first part only.
+_SCHEDULE = _merge(_V1, {"meta_grad": {
+    "train_only": ["w_lr", "b_lr", "stepsize_offset"]}})
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The recipe of the shipped optimizer (metatrain.pretrained()): still
     # hrnn-v1's, since no v2 checkpoint beat it on validation (runs.md, v2r).
     "default": _V1,
     "v1": _V1,
     "v2": _V2,
+    "schedule": _SCHEDULE,
     # Small enough for tests and smoke runs: a few seconds per meta-step.
     "tiny": {"unroll": {"tasks_per_group": 2, "min_steps": 10,
                         "max_steps": 10,

@@ -119,6 +119,31 @@ def test_tuned_vs_tuned_adam_is_against_adam_alone():
   assert records.score([row])["geomean_tuned_adam"] is None
 
 
+def test_a_tuned_rate_at_an_end_of_its_grid_is_flagged_not_bracketed():
+  recs = [
+      _rec("1", "adam", 0.5, 1e-3), _rec("2", "adam", 0.2, 1e-2),
+      _rec("3", "adam", 0.3, 1e-1),  # adam's best, 1e-2, is inside its grid
+      _rec("4", "sgdm", 0.4, 1e-2), _rec("5", "sgdm", 0.1, 1e-1),  # the top
+      _rec("6", "rmsprop", 0.3, 1e-3),  # one rate: nothing to bracket
+      _rec("7", "learned", 0.4),
+      _rec("8", "learned", 0.3, 1e-3), _rec("9", "learned", 0.15, 1e-2),
+  ]
+  (row,) = records.summarize(recs, "step:5")
+  assert row["unbracketed"] == ["learned", "sgdm"]
+  s = records.score([row])
+  assert s["unbracketed"] == {"learned": 1, "sgdm": 1}
+  note = records.unbracketed_note(s)
+  assert note.startswith("not bracketed: the tuned rate is an end of the "
+                         "grid for learned on 1/1, sgdm on 1/1 task(s)")
+  from evaluators import report  # pylint: disable=import-outside-toplevel
+  assert report.summary_lines(s)[-1] == note
+  # Rows written before the field existed count none, and say nothing.
+  del row["unbracketed"]
+  s = records.score([row])
+  assert s["unbracketed"] == {} and records.unbracketed_note(s) == ""
+  assert not report.summary_lines(s)[-1].startswith("not bracketed")
+
+
 def test_without_a_sweep_the_tuned_comparison_is_missing_not_won():
   recs = [_rec("1", "adam", 0.5, 1e-2), _rec("2", "learned", 0.25)]
   (row,) = records.summarize(recs, "step:5")

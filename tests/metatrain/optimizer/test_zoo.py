@@ -1,7 +1,10 @@
 """The shipped learned optimizer (metatrain/pretrained/*.lopt): real file."""
 
+import dataclasses
 import math
 
+import jax
+import numpy as np
 import optax
 import pytest
 
@@ -50,10 +53,38 @@ def test_shipped_optimizer_loads_with_its_provenance():
     metatrain.pretrained("nope")
 
 
-def test_shipped_optimizer_beats_adam_default_on_digits_mlp():
+def test_hrnn_v2_is_the_schedule_recipe_with_adams_direction():
+  """hrnn-v2 trained only the step-size readouts: every other entry of its
+  theta is its run's untrained start (rebuilt here from the run's seed, to
+  the rounding of the tests' XLA flags), its direction readout is zero (so
+  its direction is Adam's), and it was chosen on validation."""
+  assert {"hrnn-v1", "hrnn-v2"} <= set(metatrain.optimizer.zoo.available())
+  config, theta, info = metatrain.read_optimizer(
+      metatrain.pretrained_path("hrnn-v2"))
+  sched = config_lib.load("schedule")
+  assert info["train_config"]["meta_grad"]["train_only"] == list(
+      sched.meta_grad.train_only)
+  assert dataclasses.replace(config, init_lr=sched.hrnn.init_lr) == sched.hrnn
+  assert info["selection"]["split"] == "validation"
+  start = metatrain.init_theta(
+      jax.random.PRNGKey(info["train_config"]["seed"]), config)
+  trained = set(sched.meta_grad.train_only)
+  for name in theta:
+    moved = max(jax.tree.leaves(jax.tree.map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+        theta[name], start[name])))
+    if name in trained:
+      assert moved > 1e-3, name
+    else:
+      assert moved < 1e-6, (name, moved)
+  assert not np.any(np.asarray(theta["w_update"]))
+
+
+@pytest.mark.parametrize("name", ["hrnn-v1", "hrnn-v2"])
+def test_shipped_optimizer_beats_adam_default_on_digits_mlp(name):
   """300 steps on scikit-learn's digits (an MLP never meta-trained on)."""
   problem = problems.build("digits_mlp", batch_size=64, eval_examples=500)
-  config, theta, _ = metatrain.read_optimizer(metatrain.pretrained_path())
+  config, theta, _ = metatrain.read_optimizer(metatrain.pretrained_path(name))
   kw = dict(steps=300, seed=0, chunk=300)
   learned = runner.run(problem, baselines.learned(config, theta), **kw)
   adam = runner.run(problem, baselines.baseline("adam", 1e-3), **kw)

@@ -1,5 +1,6 @@
 """One config loader: a dict means the same optimizer on every path."""
 
+import dataclasses
 import json
 
 import pytest
@@ -45,6 +46,11 @@ def test_presets_and_partial_files_take_todays_defaults(tmp_path):
   v1 = config_lib.load("v1")  # hrnn-v1's recipe
   assert v1.hrnn.global_step == "learned" and not v1.unroll.lr_range
   assert "image_mlp" not in dict(v1.tasks.ensemble().weights)
+  # hrnn-v2's recipe: v1's, training only the step-size readouts.
+  sched = config_lib.load("schedule")
+  assert sched.meta_grad.train_only == ("w_lr", "b_lr", "stepsize_offset")
+  assert sched == dataclasses.replace(v1, meta_grad=sched.meta_grad)
+  assert dataclasses.replace(sched.meta_grad, train_only=()) == v1.meta_grad
   assert config_lib.load("tiny").hrnn == HRNNConfig()
   assert config_lib.load("paper").hrnn.nominal_adam is False
   path = tmp_path / "mine.json"
