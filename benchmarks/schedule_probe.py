@@ -35,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from evaluators import problems, records, runner, suites  # noqa: E402
+from evaluators import baselines, problems, records, runner, suites  # noqa: E402
 from evaluators.runner import Optimizer  # noqa: E402
 
 
@@ -68,13 +68,6 @@ def adam_profiled(profile, learning_rate: float) -> Optimizer:
         profile, count + 1))
   return Optimizer(name="adam_profile", family=("adam_profile", profile),
                    build=build, args={"learning_rate": float(learning_rate)},
-                   hparams={"learning_rate": float(learning_rate)})
-
-
-def adam(learning_rate: float) -> Optimizer:
-  return Optimizer(name="adam", family=("adam",),
-                   build=lambda a: optax.adam(a["learning_rate"]),
-                   args={"learning_rate": float(learning_rate)},
                    hparams={"learning_rate": float(learning_rate)})
 
 
@@ -131,7 +124,7 @@ def main(argv=None) -> int:
   for name in tasks:
     prob = problems.build(name)
     losses = {}
-    for kind, make in (("adam", adam),
+    for kind, make in (("adam", lambda r: baselines.baseline("adam", r)),
                        ("prof", lambda r: adam_profiled(profile, r))):
       for r in rates:
         losses[kind, r] = records.mean_loss(

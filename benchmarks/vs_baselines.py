@@ -133,7 +133,7 @@ def analyse(recs, suite, source_id) -> dict:
       lr = min(cands, key=lambda x: _mean(_loss(r) for r in cands[x]))
       row["refs"][f"{b}*"] = (_mean(_loss(r) for r in cands[lr]), lr,
                               _mean(_mean_train_loss(r) for r in cands[lr]))
-      if _at_edge(lr, cands):
+      if records.at_grid_end(lr, cands):
         row["unbracketed"].append(b)
       if b in global_lr and global_lr[b] in cands:
         rs = cands[global_lr[b]]
@@ -158,7 +158,7 @@ def analyse(recs, suite, source_id) -> dict:
       lr = min(swept, key=lambda x: _mean(_loss(r) for r in swept[x]))
       row["learned*"] = (_mean(_loss(r) for r in swept[lr]), lr,
                          _mean(_mean_train_loss(r) for r in swept[lr]))
-      if _at_edge(lr, swept):
+      if records.at_grid_end(lr, swept):
         row["unbracketed"].append("learned")
       row["metric_learned*"] = _mean_metric(swept[lr], row["metric"])
     rows.append(row)
@@ -190,12 +190,6 @@ def analyse(recs, suite, source_id) -> dict:
           "unbracketed": dict(sorted(collections.Counter(
               n for r in rows for n in r["unbracketed"]).items())),
           "records": recs}
-
-
-def _at_edge(lr, rates) -> bool:
-  """Whether ``lr``, chosen among ``rates``, is their smallest or largest
-  (its optimum may lie outside the grid: not bracketed)."""
-  return len(rates) > 1 and lr in (min(rates), max(rates))
 
 
 def _mean_metric(rs, name):

@@ -304,10 +304,16 @@ def summarize(records: list[dict[str, Any]], source: str
         "best_metric": (mean_metric(tuned[best][2], metric)
                         if metric and best else None),
         "unbracketed": sorted(n for n, lr in chosen.items()
-                              if len(grids[n]) > 1
-                              and lr in (min(grids[n]), max(grids[n]))),
+                              if at_grid_end(lr, grids[n])),
     })
   return rows
+
+
+def at_grid_end(lr: float, rates) -> bool:
+  """Whether ``lr``, chosen among ``rates``, is their smallest or largest:
+  its optimum may lie outside the grid (not bracketed)."""
+  rates = list(rates)
+  return len(rates) > 1 and lr in (min(rates), max(rates))
 
 
 def geomean(ratios) -> float:

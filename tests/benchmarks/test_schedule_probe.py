@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from evaluators import problems, runner
+from evaluators import baselines, problems, runner
 
 
 @pytest.fixture(name="probe")
@@ -31,10 +31,10 @@ def test_a_constant_profile_is_adam_at_the_multiplied_rate(probe):
       prob, opt, steps=12, seed=0, chunk=12).curve]
   np.testing.assert_allclose(
       run(probe.adam_profiled(probe.parse_profile("1:3"), 1e-3)),
-      run(probe.adam(3e-3)), rtol=1e-5)
+      run(baselines.baseline("adam", 3e-3)), rtol=1e-5)
   np.testing.assert_allclose(
       run(probe.adam_profiled(probe.parse_profile("1:1"), 1e-3)),
-      run(probe.adam(1e-3)), rtol=0)
+      run(baselines.baseline("adam", 1e-3)), rtol=0)
 
 
 def test_compare_counts_divergence_as_a_loss(probe):
