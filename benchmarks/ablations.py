@@ -240,8 +240,7 @@ def backfill(path: str, done: list[dict], records_path: str) -> list[dict]:
   if not todo:
     print(f"every line of {path} has its per-task figures", file=sys.stderr)
     return done
-  with open(records_path, encoding="utf-8") as f:
-    recs = [json.loads(l) for l in f if l.strip()]
+  recs = records.read(records_path)
   for r in todo:
     lopt = (zoo.pretrained_path(zoo.DEFAULT) if r["variant"] == zoo.DEFAULT
             else os.path.join(os.path.dirname(path),

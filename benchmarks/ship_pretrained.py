@@ -185,8 +185,9 @@ def main(argv=None) -> int:
           f"({s['wins_tuned_adam']}/{n}); tuned vs the start's tuned, "
           f"paired {_g(paired['geomean'])} ({paired['wins']}/{n} wins, "
           f"{paired['z']:+.1f} standard errors)", flush=True)
-    if records.unbracketed_note(s):
-      print(f"{label}: {records.unbracketed_note(s)}", flush=True)
+    note = records.unbracketed_note(s)
+    if note:
+      print(f"{label}: {note}", flush=True)
   best = min(range(len(cands)), key=lambda i: (
       math.inf if scored[i]["selection"] is None
       else scored[i]["selection"]))

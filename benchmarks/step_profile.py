@@ -47,12 +47,12 @@ def profile(problem, tx, adam, steps: int, seed: int) -> dict[str, np.ndarray]:
   gradients (``ratio``), their cosine (``cos``) and the training loss
   (``loss``); and the per-tensor log-ratios at the last step
   (``tensor_log``)."""
-  key = jax.random.PRNGKey(seed)
-  params, aux = problem.init(key)
-  lg = problem.loss_and_grad or jax.value_and_grad(problem.loss, has_aux=True)
   if problem.batches is not None:
     raise SystemExit(f"{problem.name}: only tasks that sample their own "
                      "minibatches (heldout:, validation:, vimage:)")
+  key = jax.random.PRNGKey(seed)
+  params, aux = problem.init(key)
+  lg = problem.loss_and_grad or jax.value_and_grad(problem.loss, has_aux=True)
 
   @jax.jit
   def step(params, aux, s_l, s_a, k):
